@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs (``python protos/generate.py``); do not edit by hand."""

@@ -1,0 +1,1 @@
+"""ortserve: a gRPC serving daemon for ONNX models."""

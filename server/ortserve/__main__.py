@@ -1,0 +1,5 @@
+import sys
+
+from ortserve.cli import main
+
+sys.exit(main())

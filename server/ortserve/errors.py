@@ -1,0 +1,43 @@
+"""The daemon's domain errors. No transport here: protocol/status.py maps each kind to a gRPC code.
+
+Every message names what it is about (model, version, tensor, file or field), because it is
+sent to the caller as it is.
+"""
+
+from __future__ import annotations
+
+
+class OrtserveError(Exception):
+    """Root of every error the daemon raises on purpose."""
+
+
+class InvalidInput(OrtserveError):
+    """The request is malformed: unknown tensor, wrong datatype or shape, bad bytes."""
+
+
+class ModelNotFound(OrtserveError):
+    """No such model, or no such version of it."""
+
+
+class ModelNotReady(OrtserveError):
+    """The model exists but cannot serve now (loading, failed to load, unloading)."""
+
+
+class Overloaded(OrtserveError):
+    """Admission refused: a queue is full."""
+
+
+class DeadlineExpired(OrtserveError):
+    """The request's deadline or queue timeout passed before it could run."""
+
+
+class Unsupported(OrtserveError):
+    """The call is valid but this daemon does not offer it (or not with these settings)."""
+
+
+class ModelLoadError(OrtserveError):
+    """A model version could not be loaded; the message names the file and the cause."""
+
+
+class ConfigError(ModelLoadError):
+    """A configuration file is invalid; the message names the file and the field or line."""

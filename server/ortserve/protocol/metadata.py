@@ -1,0 +1,54 @@
+"""Builders for the metadata, config and index responses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from ortserve_client._proto import grpc_service_pb2 as pb
+from ortserve_client._proto import model_config_pb2 as mc
+
+from ortserve.datatypes import CONFIG_TO_WIRE
+from ortserve.registry.models import IndexEntry, ServedVersion
+from ortserve.repository.config import PLATFORM
+
+SERVER_NAME = "ortserve"
+
+
+def server_metadata(version: str, extensions: Sequence[str]) -> pb.ServerMetadataResponse:
+    return pb.ServerMetadataResponse(name=SERVER_NAME, version=version, extensions=list(extensions))
+
+
+def model_metadata(served: ServedVersion, versions: Iterable[int]) -> pb.ModelMetadataResponse:
+    config = served.config
+    batch = [-1] if config.max_batch_size > 0 else []
+    response = pb.ModelMetadataResponse(
+        name=served.model_name,
+        versions=[str(v) for v in sorted(versions)],
+        platform=PLATFORM,
+    )
+    for entry in config.input:
+        response.inputs.add(
+            name=entry.name,
+            datatype=CONFIG_TO_WIRE[entry.data_type],
+            shape=batch + list(entry.dims),
+        )
+    for out in config.output:
+        response.outputs.add(
+            name=out.name, datatype=CONFIG_TO_WIRE[out.data_type], shape=batch + list(out.dims)
+        )
+    return response
+
+
+def model_config(config: mc.ModelConfig) -> pb.ModelConfigResponse:
+    return pb.ModelConfigResponse(config=config)
+
+
+def repository_index(rows: Iterable[IndexEntry], ready_only: bool) -> pb.RepositoryIndexResponse:
+    response = pb.RepositoryIndexResponse()
+    for row in rows:
+        if ready_only and row.state.value != "READY":
+            continue
+        response.models.add(
+            name=row.name, version=row.version, state=row.state.value, reason=row.reason
+        )
+    return response

@@ -1,0 +1,172 @@
+"""ONNX Runtime session options and execution providers, from a model's ModelConfig.
+
+Names follow Triton's ONNX Runtime backend so that an existing Triton repository means the same
+thing here: ``parameters`` keys ``intra_op_thread_count``, ``inter_op_thread_count``,
+``execution_mode``, ``enable_mem_arena``, ``enable_mem_pattern``, any ``session.*`` key (passed as
+an ORT session config entry, e.g. ``session.intra_op.allow_spinning``), and
+``optimization.execution_accelerators`` (``tensorrt`` / ``cuda`` on GPU, ``openvino`` on CPU).
+ortserve adds the parameter ``allow_provider_fallback`` ("true" lets a model load on the CPU when
+a provider it names is not available).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnxruntime as ort
+from ortserve_client._proto import model_config_pb2 as mc
+
+from ortserve.errors import ConfigError, ModelLoadError
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+OPENVINO = "OpenVINOExecutionProvider"
+
+_ACCELERATORS = {"tensorrt": TENSORRT, "cuda": CUDA, "openvino": OPENVINO}
+
+# Triton's TensorRT accelerator parameters -> ORT TensorRT provider options.
+_TRT_KEYS = {
+    "precision_mode": "trt_fp16_enable",
+    "max_workspace_size_bytes": "trt_max_workspace_size",
+    "trt_engine_cache_enable": "trt_engine_cache_enable",
+    "trt_engine_cache_path": "trt_engine_cache_path",
+}
+
+_GRAPH_LEVELS = {
+    -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    0: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    2: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+Provider = tuple[str, dict[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderPlan:
+    providers: list[Provider]
+    notes: list[str] = field(default_factory=list)  # fallbacks taken, for the log and index
+
+
+def parameters(config: mc.ModelConfig) -> dict[str, str]:
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
+def session_options(config: mc.ModelConfig, source: str) -> ort.SessionOptions:
+    params = parameters(config)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # ORT's warnings go to stderr unstructured; keep errors only
+    level = config.optimization.graph.level
+    if level not in _GRAPH_LEVELS:
+        raise ConfigError(f"{source}: optimization.graph.level must be -1, 0, 1 or 2, got {level}")
+    options.graph_optimization_level = _GRAPH_LEVELS[level]
+    options.intra_op_num_threads = _int_param(params, "intra_op_thread_count", 0, source)
+    options.inter_op_num_threads = _int_param(params, "inter_op_thread_count", 0, source)
+    mode = _int_param(params, "execution_mode", 0, source)
+    options.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if mode == 1 else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    options.enable_cpu_mem_arena = _bool_param(params, "enable_mem_arena", True, source)
+    options.enable_mem_pattern = _bool_param(params, "enable_mem_pattern", True, source)
+    for key, value in params.items():
+        if key.startswith("session."):
+            options.add_session_config_entry(key, value)
+    return options
+
+
+def provider_plan(config: mc.ModelConfig, available: Collection[str], source: str) -> ProviderPlan:
+    """The providers to ask ONNX Runtime for, in priority order, CPU always last."""
+    allow_fallback = _bool_param(parameters(config), "allow_provider_fallback", False, source)
+    wanted = _wanted_providers(config, available, source)
+    plan: list[Provider] = []
+    notes: list[str] = []
+    for name, opts in wanted:
+        if name in available:
+            plan.append((name, opts))
+        elif allow_fallback:
+            notes.append(f"{name} is not available here; falling back")
+        else:
+            raise ModelLoadError(
+                f"{source}: execution provider {name} is not available in this onnxruntime "
+                f"build (available: {', '.join(sorted(available))}); install the build that "
+                'has it, or set parameters { key: "allow_provider_fallback" value: '
+                '{ string_value: "true" } }'
+            )
+    plan.append((CPU, {}))
+    return ProviderPlan(plan, notes)
+
+
+def _wanted_providers(
+    config: mc.ModelConfig, available: Collection[str], source: str
+) -> list[Provider]:
+    kinds = {group.kind for group in config.instance_group} or {mc.ModelInstanceGroup.KIND_AUTO}
+    gpu_ids = [gpu for group in config.instance_group for gpu in group.gpus]
+    use_gpu = mc.ModelInstanceGroup.KIND_GPU in kinds or (
+        mc.ModelInstanceGroup.KIND_AUTO in kinds and CUDA in available
+    )
+    wanted: list[Provider] = []
+    accelerators = config.optimization.execution_accelerators
+    if use_gpu:
+        device = {"device_id": str(gpu_ids[0] if gpu_ids else 0)}
+        for acc in accelerators.gpu_execution_accelerator:
+            name = _accelerator(acc.name, source, "gpu")
+            wanted.append((name, _accelerator_options(name, dict(acc.parameters), device)))
+        if all(name != CUDA for name, _ in wanted):
+            wanted.append((CUDA, dict(device)))
+    for acc in accelerators.cpu_execution_accelerator:
+        name = _accelerator(acc.name, source, "cpu")
+        wanted.append((name, dict(acc.parameters)))
+    return wanted
+
+
+def _accelerator(name: str, source: str, where: str) -> str:
+    provider = _ACCELERATORS.get(name)
+    if provider is None:
+        known = ", ".join(_ACCELERATORS)
+        raise ConfigError(
+            f"{source}: optimization.execution_accelerators.{where}_execution_accelerator: "
+            f"unknown accelerator '{name}' (known: {known})"
+        )
+    return provider
+
+
+def _accelerator_options(
+    name: str, given: Mapping[str, str], device: dict[str, str]
+) -> dict[str, str]:
+    options = dict(device)
+    for key, value in given.items():
+        if name == TENSORRT and key in _TRT_KEYS:
+            options[_TRT_KEYS[key]] = "1" if key == "precision_mode" and value == "FP16" else value
+        else:
+            options[key] = value
+    return options
+
+
+def _int_param(params: Mapping[str, str], key: str, default: int, source: str) -> int:
+    raw = params.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{source}: parameters '{key}' must be an integer, got {raw!r}") from None
+
+
+def _bool_param(params: Mapping[str, str], key: str, default: bool, source: str) -> bool:
+    raw = params.get(key)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{source}: parameters '{key}' must be true or false, got {raw!r}")
+
+
+def ort_available_providers() -> list[str]:
+    providers: Any = ort.get_available_providers()
+    return list(providers)
