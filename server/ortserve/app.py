@@ -8,7 +8,6 @@ from importlib import metadata as importlib_metadata
 
 import grpc
 import structlog
-from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
 
 from ortserve.inference import InferenceService
 from ortserve.protocol.health import Health, enable_reflection
@@ -16,6 +15,7 @@ from ortserve.protocol.servicer import InferenceServicer
 from ortserve.protocol.status import ErrorInterceptor
 from ortserve.registry.models import ModelRegistry
 from ortserve.settings import ServeSettings
+from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
 
 log = structlog.get_logger("ortserve")
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy.typing as npt
-from ortserve_client._proto import model_config_pb2 as mc
-from ortserve_client.tensors import DecodedTensor
 
 from ortserve.datatypes import CONFIG_TO_WIRE
 from ortserve.errors import InvalidInput
 from ortserve.registry.models import ModelRegistry, ServedVersion
+from ortserve_client._proto import model_config_pb2 as mc
+from ortserve_client.tensors import DecodedTensor
 
 Array = npt.NDArray[Any]
 

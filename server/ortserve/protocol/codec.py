@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ortserve_client._proto import grpc_service_pb2 as pb
-from ortserve_client.tensors import TensorError, decode_request_inputs, encode_raw
-
 from ortserve.errors import InvalidInput, Unsupported
 from ortserve.inference import InferRequest, InferResponse
+from ortserve_client._proto import grpc_service_pb2 as pb
+from ortserve_client.tensors import TensorError, decode_request_inputs, encode_raw
 
 
 def parameter_value(param: pb.InferParameter) -> Any:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ortserve_client._proto import grpc_service_pb2 as pb
-from ortserve_client._proto import model_config_pb2 as mc
-
 from ortserve.datatypes import CONFIG_TO_WIRE
 from ortserve.registry.models import IndexEntry, ServedVersion
 from ortserve.repository.config import PLATFORM
+from ortserve_client._proto import grpc_service_pb2 as pb
+from ortserve_client._proto import model_config_pb2 as mc
 
 SERVER_NAME = "ortserve"
 

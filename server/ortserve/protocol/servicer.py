@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
-from ortserve_client._proto import grpc_service_pb2 as pb
-from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
 
 from ortserve.errors import Unsupported
 from ortserve.inference import InferenceService
 from ortserve.protocol import codec, metadata
 from ortserve.registry.models import ModelRegistry
+from ortserve_client._proto import grpc_service_pb2 as pb
+from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
-from ortserve_client._proto import model_config_pb2 as mc
 
 from ortserve.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady
 from ortserve.repository.config import ParsedConfig, complete_config, read_config
@@ -24,6 +23,7 @@ from ortserve.repository.layout import (
 )
 from ortserve.repository.policy import served_versions
 from ortserve.runtime.session import ModelSessions
+from ortserve_client._proto import model_config_pb2 as mc
 
 log = structlog.get_logger("ortserve.registry")
 

@@ -14,11 +14,11 @@ from typing import TypeVar
 
 from google.protobuf import text_format
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
-from ortserve_client._proto import model_config_pb2 as mc
 
 from ortserve.datatypes import config_type_name
 from ortserve.errors import ConfigError
 from ortserve.repository.layout import CONFIG_FILENAME
+from ortserve_client._proto import model_config_pb2 as mc
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import onnxruntime as ort
-from ortserve_client._proto import model_config_pb2 as mc
 
 from ortserve.errors import ConfigError, ModelLoadError
+from ortserve_client._proto import model_config_pb2 as mc
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"

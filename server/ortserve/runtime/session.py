@@ -17,13 +17,13 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 from onnx import TensorProto
-from ortserve_client._proto import model_config_pb2 as mc
-from ortserve_client.tensors import BF16_DTYPE
 
 from ortserve.datatypes import ORT_TO_CONFIG
 from ortserve.errors import InvalidInput, ModelLoadError
 from ortserve.repository.config import Signature, TensorSpec
 from ortserve.runtime.options import ort_available_providers, provider_plan, session_options
+from ortserve_client._proto import model_config_pb2 as mc
+from ortserve_client.tensors import BF16_DTYPE
 
 Array = npt.NDArray[Any]
 
