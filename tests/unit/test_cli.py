@@ -1,0 +1,56 @@
+"""The command line: --help explains every flag, and every flag has its ORTSERVE_* variable."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from ortserve.settings import ServeSettings, add_serve_arguments, env_name, settings_from_args
+
+
+def test_help_lists_every_setting_with_its_variable() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "ortserve", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    for field in fields(ServeSettings):
+        assert "--" + field.name.replace("_", "-") in out
+        assert env_name(field.name) in out
+
+
+def _parse(argv: list[str], env: dict[str, str]) -> ServeSettings:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser, env)
+    return settings_from_args(parser.parse_args(argv))
+
+
+def test_environment_sets_defaults_and_flags_win() -> None:
+    env = {"ORTSERVE_MODEL_REPOSITORY": "/models", "ORTSERVE_GRPC_PORT": "9001"}
+    settings = _parse([], env)
+    assert settings.model_repository == Path("/models")
+    assert settings.grpc_port == 9001
+    assert settings.host == "127.0.0.1"
+    assert _parse(["--grpc-port", "0"], env).grpc_port == 0
+
+
+def test_model_repository_is_required() -> None:
+    with pytest.raises(SystemExit):
+        _parse([], {})
+
+
+def test_missing_repository_exits_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ortserve", "serve", "--model-repository", str(tmp_path / "none"),
+         "--grpc-port", "0", "--log-format", "json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "model repository not found" in result.stderr
