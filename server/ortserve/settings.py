@@ -29,7 +29,7 @@ _FLAGS: dict[str, tuple[str, Any, Sequence[str] | None]] = {
         Path,
         None,
     ),
-    "host": ("address to listen on; loopback by default, 0.0.0.0 in a container", str, None),
+    "host": ("address to listen on (pass 0.0.0.0 in a container to accept outside traffic)", str, None),
     "grpc_port": ("gRPC port; 0 picks a free one and logs it on one line", int, None),
     "log_format": ("console (human) or json (one object per line)", str, ("console", "json")),
     "log_level": ("debug, info, warning or error", str, ("debug", "info", "warning", "error")),
