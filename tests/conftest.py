@@ -25,6 +25,7 @@ START_TIMEOUT_S = 60.0
 class Daemon:
     process: subprocess.Popen[bytes]
     port: int
+    metrics_port: int | None
     log_path: Path
 
     @property
@@ -49,12 +50,15 @@ class Daemon:
         return self.process.returncode
 
 
-def _read_port(log_path: Path, process: subprocess.Popen[bytes], deadline: float) -> int:
+def _read_ports(
+    log_path: Path, process: subprocess.Popen[bytes], deadline: float
+) -> tuple[int, int | None]:
     while time.monotonic() < deadline:
         if log_path.exists():
             for line in log_path.read_text(errors="replace").splitlines():
                 if line.startswith("{") and '"listening"' in line:
-                    return int(json.loads(line)["grpc_port"])
+                    record = json.loads(line)
+                    return int(record["grpc_port"]), record.get("metrics_port")
         if process.poll() is not None:
             raise RuntimeError(f"daemon exited with {process.returncode}:\n{log_path.read_text()}")
         time.sleep(0.05)
@@ -78,7 +82,7 @@ def start_daemon(repo: Path, log_path: Path, *extra: str, wait_ready: bool = Tru
     cmd = [
         sys.executable, "-m", "ortserve", "serve",
         "--model-repository", str(repo),
-        "--host", "127.0.0.1", "--grpc-port", "0",
+        "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
         "--log-format", "json", "--log-level", "debug",
         *extra,
     ]  # fmt: skip
@@ -87,8 +91,8 @@ def start_daemon(repo: Path, log_path: Path, *extra: str, wait_ready: bool = Tru
         process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
-        port = _read_port(log_path, process, deadline)
-        daemon = Daemon(process, port, log_path)
+        port, metrics_port = _read_ports(log_path, process, deadline)
+        daemon = Daemon(process, port, metrics_port, log_path)
         if wait_ready:
             _wait_ready(daemon.address, deadline)
     except BaseException:

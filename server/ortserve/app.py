@@ -10,6 +10,7 @@ import grpc
 import structlog
 
 from ortserve.inference import InferenceService
+from ortserve.observability.metrics import Metrics
 from ortserve.protocol.health import Health, enable_reflection
 from ortserve.protocol.servicer import InferenceServicer
 from ortserve.protocol.status import ErrorInterceptor
@@ -36,8 +37,9 @@ async def serve(settings: ServeSettings) -> int:
     if not root.is_dir():
         log.error("model repository not found", model_repository=str(root))
         return 2
-    registry = ModelRegistry(root, settings.default_max_batch_size)
-    servicer = InferenceServicer(registry, InferenceService(registry), version())
+    metrics = Metrics()
+    registry = ModelRegistry(root, settings.default_max_batch_size, metrics)
+    servicer = InferenceServicer(registry, InferenceService(registry, metrics), version())
     limit = settings.max_message_bytes
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor()],
@@ -57,9 +59,21 @@ async def serve(settings: ServeSettings) -> int:
             "cannot listen", address=_address(settings.host, settings.grpc_port), error=str(exc)
         )
         return 2
+    metrics_port = None
+    if settings.metrics_port >= 0:
+        try:
+            metrics_port = metrics.serve(settings.host, settings.metrics_port)
+        except OSError as exc:
+            log.error("cannot serve metrics", port=settings.metrics_port, error=str(exc))
+            return 2
     await server.start()
     await health.set_server(False)
-    log.info("listening", address=_address(settings.host, port), grpc_port=port)
+    log.info(
+        "listening",
+        address=_address(settings.host, port),
+        grpc_port=port,
+        metrics_port=metrics_port,
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -6,6 +6,8 @@ back into a message.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +15,8 @@ from typing import Any
 import numpy.typing as npt
 
 from ortserve.datatypes import CONFIG_TO_WIRE
-from ortserve.errors import InvalidInput
+from ortserve.errors import InvalidInput, OrtserveError
+from ortserve.observability.metrics import Metrics, reason_label
 from ortserve.registry.models import ModelRegistry, ServedVersion
 from ortserve_client._proto import model_config_pb2 as mc
 from ortserve_client.tensors import DecodedTensor
@@ -29,6 +32,7 @@ class InferRequest:
     inputs: list[DecodedTensor]
     outputs: list[str]  # requested output names; empty means all
     parameters: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None  # the caller's own deadline (gRPC), seconds from now
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,24 +52,85 @@ class InferResponse:
 
 
 class InferenceService:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, metrics: Metrics | None = None) -> None:
         self._registry = registry
+        self._metrics = metrics
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        served = self._registry.resolve(request.model_name, request.model_version)
+        started = time.perf_counter_ns()
+        served: ServedVersion | None = None
+        try:
+            served = self._registry.resolve(request.model_name, request.model_version)
+            if self._metrics is not None:
+                self._metrics.pending.labels(served.model_name).inc()
+            response = await self._run(served, request)
+        except (OrtserveError, asyncio.CancelledError) as exc:
+            self._failed(served, exc, started)
+            raise
+        finally:
+            if served is not None and self._metrics is not None:
+                self._metrics.pending.labels(served.model_name).dec()
+        return response
+
+    async def _run(self, served: ServedVersion, request: InferRequest) -> InferResponse:
+        started = time.perf_counter_ns()
         feeds = check_inputs(served, request.inputs)
         names = check_outputs(served, request.outputs)
-        arrays = await served.sessions.run(feeds, names)
+        priority, timeout_us = _queue_parameters(request.parameters)
+        deadline = None
+        if request.timeout_s is not None:
+            deadline = asyncio.get_running_loop().time() + request.timeout_s
+        result = await served.executor.submit(
+            feeds, priority=priority, timeout_microseconds=timeout_us, deadline=deadline
+        )
+        times = result.times
+        served.executor.statistics.record_success(
+            _rows(served, feeds), time.perf_counter_ns() - started, result.queue_ns, times
+        )
+        if self._metrics is not None:
+            self._metrics.requests.labels(served.model_name).inc()
+            self._metrics.queue.labels(served.model_name).observe(result.queue_ns / 1e9)
         wire_types = {out.name: CONFIG_TO_WIRE[out.data_type] for out in served.config.output}
+        compute_ns = times.input_ns + times.infer_ns + times.output_ns
         return InferResponse(
             model_name=served.model_name,
             model_version=str(served.version),
             id=request.id,
-            outputs=[
-                OutputTensor(name, wire_types[name], array)
-                for name, array in zip(names, arrays, strict=True)
-            ],
+            outputs=[OutputTensor(name, wire_types[name], result.outputs[name]) for name in names],
+            parameters={
+                "queue_us": result.queue_ns // 1000,
+                "compute_us": compute_ns // 1000,
+                "batch_size": result.batch_rows,
+            },
         )
+
+    def _failed(self, served: ServedVersion | None, exc: BaseException, started: int) -> None:
+        if served is not None:
+            served.executor.statistics.record_failure(time.perf_counter_ns() - started)
+        if self._metrics is not None:
+            reason = "cancelled" if isinstance(exc, asyncio.CancelledError) else reason_label(exc)
+            # Unknown model names are not labels: a caller could grow the series without bound.
+            label = served.model_name if served is not None else ""
+            self._metrics.failures.labels(label, reason).inc()
+
+
+def _rows(served: ServedVersion, feeds: dict[str, Array]) -> int:
+    if served.config.max_batch_size == 0:
+        return 1
+    return int(next(iter(feeds.values())).shape[0]) if feeds else 1
+
+
+def _queue_parameters(parameters: dict[str, Any]) -> tuple[int, int]:
+    """Triton's request parameters ``priority`` and ``timeout`` (microseconds)."""
+    values = []
+    for key in ("priority", "timeout"):
+        value = parameters.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidInput(
+                f"request parameter '{key}' must be a non-negative integer, got {value!r}"
+            )
+        values.append(value)
+    return values[0], values[1]
 
 
 def check_inputs(served: ServedVersion, inputs: Sequence[DecodedTensor]) -> dict[str, Array]:

@@ -15,6 +15,7 @@ class ServeSettings:
     model_repository: Path
     host: str = "127.0.0.1"
     grpc_port: int = 8001
+    metrics_port: int = 8002
     log_format: str = "console"
     log_level: str = "info"
     default_max_batch_size: int = 32
@@ -29,8 +30,17 @@ _FLAGS: dict[str, tuple[str, Any, Sequence[str] | None]] = {
         Path,
         None,
     ),
-    "host": ("address to listen on (pass 0.0.0.0 in a container to accept outside traffic)", str, None),
+    "host": (
+        "address to listen on (pass 0.0.0.0 in a container to accept outside traffic)",
+        str,
+        None,
+    ),
     "grpc_port": ("gRPC port; 0 picks a free one and logs it on one line", int, None),
+    "metrics_port": (
+        "Prometheus /metrics port on the same host; 0 picks a free one, -1 turns it off",
+        int,
+        None,
+    ),
     "log_format": ("console (human) or json (one object per line)", str, ("console", "json")),
     "log_level": ("debug, info, warning or error", str, ("debug", "info", "warning", "error")),
     "default_max_batch_size": (

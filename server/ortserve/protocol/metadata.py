@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from ortserve.datatypes import CONFIG_TO_WIRE
+from ortserve.observability.statistics import Duration, VersionStatistics
 from ortserve.registry.models import IndexEntry, ServedVersion
 from ortserve.repository.config import PLATFORM
 from ortserve_client._proto import grpc_service_pb2 as pb
@@ -50,4 +51,38 @@ def repository_index(rows: Iterable[IndexEntry], ready_only: bool) -> pb.Reposit
         response.models.add(
             name=row.name, version=row.version, state=row.state.value, reason=row.reason
         )
+    return response
+
+
+def _duration(target: pb.StatisticDuration, source: Duration) -> None:
+    target.count = source.count
+    target.ns = source.ns
+
+
+def model_statistics(served: Sequence[ServedVersion]) -> pb.ModelStatisticsResponse:
+    response = pb.ModelStatisticsResponse()
+    for version in served:
+        stats: VersionStatistics = version.executor.statistics
+        entry = response.model_stats.add(
+            name=version.model_name,
+            version=str(version.version),
+            last_inference=stats.last_inference_ms,
+            inference_count=stats.inference_count,
+            execution_count=stats.execution_count,
+        )
+        infer = entry.inference_stats
+        for name in (
+            "success",
+            "fail",
+            "queue",
+            "compute_input",
+            "compute_infer",
+            "compute_output",
+        ):
+            _duration(getattr(infer, name), getattr(stats, name))
+        for rows, batch in sorted(stats.batches.items()):
+            row = entry.batch_stats.add(batch_size=rows)
+            _duration(row.compute_input, batch.compute_input)
+            _duration(row.compute_infer, batch.compute_infer)
+            _duration(row.compute_output, batch.compute_output)
     return response

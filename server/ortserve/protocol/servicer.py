@@ -20,7 +20,7 @@ from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
 Context = grpc.aio.ServicerContext[Any, Any]
 
 #: Triton extensions this daemon really implements (ServerMetadata advertises exactly these).
-EXTENSIONS: tuple[str, ...] = ("model_configuration",)
+EXTENSIONS: tuple[str, ...] = ("model_configuration", "schedule_policy", "statistics")
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -66,8 +66,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
-        response = await self._inference.infer(codec.decode_infer_request(request))
-        return codec.encode_infer_response(response)
+        decoded = codec.decode_infer_request(request)
+        decoded.timeout_s = context.time_remaining()
+        return codec.encode_infer_response(await self._inference.infer(decoded))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
@@ -83,7 +84,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Context
     ) -> pb.ModelStatisticsResponse:
-        raise Unsupported("ModelStatistics is not offered yet (the statistics extension)")
+        return metadata.model_statistics(self._registry.served(request.name, request.version))
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: Context

@@ -14,6 +14,8 @@ from pathlib import Path
 import structlog
 
 from ortserve.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady
+from ortserve.execution import VersionExecutor
+from ortserve.observability.metrics import Metrics
 from ortserve.repository.config import ParsedConfig, complete_config, read_config
 from ortserve.repository.layout import (
     DEFAULT_MODEL_FILENAME,
@@ -37,12 +39,13 @@ class ModelState(enum.Enum):
 
 @dataclass(slots=True)
 class ServedVersion:
-    """One loaded version: its completed config and its sessions."""
+    """One loaded version: its completed config, its sessions and the executor feeding them."""
 
     model_name: str
     version: int
     config: mc.ModelConfig
     sessions: ModelSessions
+    executor: VersionExecutor
 
 
 @dataclass(slots=True)
@@ -67,9 +70,12 @@ class IndexEntry:
 
 
 class ModelRegistry:
-    def __init__(self, root: Path, default_max_batch_size: int) -> None:
+    def __init__(
+        self, root: Path, default_max_batch_size: int, metrics: Metrics | None = None
+    ) -> None:
         self._root = root
         self._default_max_batch_size = default_max_batch_size
+        self._metrics = metrics
         self._models: dict[str, ModelEntry] = {}
 
     async def load_all(self) -> None:
@@ -78,6 +84,8 @@ class ModelRegistry:
             entry = ModelEntry(name, path)
             self._models[name] = entry
             await asyncio.to_thread(self._load, entry)
+            for served in entry.versions.values():
+                served.executor.start()  # its runners live on the event loop
 
     def _load(self, entry: ModelEntry) -> None:
         try:
@@ -121,10 +129,12 @@ class ModelRegistry:
             config = complete_config(
                 parsed, entry.name, sessions.signature, self._default_max_batch_size
             )
+            label = f"model '{entry.name}' version {version}"
+            executor = VersionExecutor(label, config, sessions, parsed.source, self._metrics)
         except ModelLoadError:
             sessions.close()
             raise
-        return ServedVersion(entry.name, version, config, sessions)
+        return ServedVersion(entry.name, version, config, sessions, executor)
 
     def _fail(self, entry: ModelEntry, reason: str) -> None:
         entry.state, entry.reason = ModelState.UNAVAILABLE, reason
@@ -166,6 +176,25 @@ class ModelRegistry:
             return False
         return True
 
+    def served(self, name: str = "", version: str = "") -> list[ServedVersion]:
+        """Loaded versions: of every ready model, or of one model, or one version of it."""
+        if name:
+            if version:
+                return [self.resolve(name, version)]
+            entry = self.entry(name)
+            if entry.state is not ModelState.READY:
+                raise ModelNotReady(
+                    f"model '{name}' is not ready ({entry.state.value}): {entry.reason}"
+                )
+            return [entry.versions[v] for v in sorted(entry.versions)]
+        if version:
+            raise InvalidInput("a version needs a model name")
+        return [
+            entry.versions[v]
+            for entry in sorted(self._models.values(), key=lambda e: e.name)
+            for v in sorted(entry.versions)
+        ]
+
     def names(self) -> list[str]:
         return sorted(self._models)
 
@@ -185,6 +214,7 @@ class ModelRegistry:
         for entry in self._models.values():
             entry.state = ModelState.UNLOADING
             for served in entry.versions.values():
+                await served.executor.aclose()
                 await asyncio.to_thread(served.sessions.close)
             entry.versions.clear()
 

@@ -90,6 +90,9 @@ def complete_config(
     config.backend = BACKEND
     if not parsed.max_batch_size_given:
         config.max_batch_size = default_max_batch_size if _batchable(signature) else 0
+        scheduled = config.HasField("dynamic_batching") or config.HasField("sequence_batching")
+        if config.max_batch_size > 1 and not scheduled:
+            config.dynamic_batching.SetInParent()  # as Triton's auto-complete does
     if config.max_batch_size < 0:
         raise ConfigError(f"{src}: max_batch_size must be >= 0, got {config.max_batch_size}")
     batched = config.max_batch_size > 0

@@ -1,0 +1,75 @@
+"""Prometheus metrics, in a registry of the daemon's own (no process-global state).
+
+- ``ortserve_requests_total{model}``: ModelInfer requests answered successfully.
+- ``ortserve_request_failures_total{model,reason}``: requests refused or failed, by reason
+  (``invalid_input``, ``model_not_found``, ``overloaded``, ``deadline_expired``, ``cancelled``...;
+  ``model`` is empty when the model is unknown).
+- ``ortserve_queue_duration_seconds{model}``: time from arrival to the start of its batch.
+- ``ortserve_compute_duration_seconds{model}``: input stacking + session run + output split.
+- ``ortserve_batch_size{model}``: rows per executed batch.
+- ``ortserve_pending_requests{model}``: requests admitted and not yet answered.
+"""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def reason_label(exc: BaseException) -> str:
+    """``ModelNotFound`` -> ``model_not_found``: the failure reason label."""
+    return _CAMEL.sub("_", type(exc).__name__).lower()
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "ortserve_requests", "Successful ModelInfer requests", ["model"], registry=self.registry
+        )
+        self.failures = Counter(
+            "ortserve_request_failures",
+            "Failed or refused ModelInfer requests, by reason",
+            ["model", "reason"],
+            registry=self.registry,
+        )
+        self.queue = Histogram(
+            "ortserve_queue_duration_seconds",
+            "Time a request waited before its batch started",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.compute = Histogram(
+            "ortserve_compute_duration_seconds",
+            "Compute time of an executed batch (input prep, session run, output split)",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "ortserve_batch_size",
+            "Rows per executed batch",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.pending = Gauge(
+            "ortserve_pending_requests",
+            "Requests admitted and not yet answered",
+            ["model"],
+            registry=self.registry,
+        )
+
+    def serve(self, host: str, port: int) -> int:
+        """Expose /metrics over HTTP; returns the bound port (``port`` 0 picks one)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)
