@@ -155,3 +155,38 @@ def write_model(
     if config is not None:
         (repo / name / "config.pbtxt").write_text(config)
     return folder
+
+
+def slow_model(size: int = 512, rounds: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """y = x + 1 (FP32 [batch, 4]) after ``rounds`` square MatMuls that depend on the input.
+
+    The MatMul chain keeps a session busy for a while whatever the batch size (the input's max
+    scales a constant matrix, so ONNX Runtime cannot fold it away): a model for queueing tests.
+    """
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(np.ones([4], dtype=np.float32), "one"),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+    ]
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+        helper.make_node("Mul", ["w", "m"], ["t0"]),
+    ]
+    for i in range(rounds):
+        nodes.append(helper.make_node("MatMul", [f"t{i}", "w"], [f"t{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceSum", [f"t{rounds}"], ["s"], keepdims=0),
+        helper.make_node("Mul", ["s", "zero"], ["nothing"]),
+        helper.make_node("Add", ["x", "one"], ["x1"]),
+        helper.make_node("Add", ["x1", "nothing"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=inits,
+    )
+    return _model(graph)
