@@ -9,12 +9,14 @@ from importlib import metadata as importlib_metadata
 import grpc
 import structlog
 
+from ortserve.errors import OrtserveError
 from ortserve.inference import InferenceService
 from ortserve.observability.metrics import Metrics
 from ortserve.protocol.health import Health, enable_reflection
 from ortserve.protocol.servicer import InferenceServicer
 from ortserve.protocol.status import ErrorInterceptor
-from ortserve.registry.models import ModelRegistry
+from ortserve.registry.registry import ModelRegistry
+from ortserve.repository.watcher import RepositoryWatcher, SettleTracker
 from ortserve.settings import ServeSettings
 from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -32,14 +34,16 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-async def serve(settings: ServeSettings) -> int:
-    root = settings.model_repository
-    if not root.is_dir():
-        log.error("model repository not found", model_repository=str(root))
-        return 2
-    metrics = Metrics()
-    registry = ModelRegistry(root, settings.default_max_batch_size, metrics)
-    servicer = InferenceServicer(registry, InferenceService(registry, metrics), version())
+def _control_hint(settings: ServeSettings) -> str | None:
+    if settings.model_control_mode == "explicit" or settings.enable_repository_control:
+        return None
+    return (
+        "repository control is off: start the daemon with --enable-repository-control "
+        "(ORTSERVE_ENABLE_REPOSITORY_CONTROL=1) or --model-control-mode explicit"
+    )
+
+
+def _build_server(settings: ServeSettings, servicer: InferenceServicer) -> grpc.aio.Server:
     limit = settings.max_message_bytes
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor()],
@@ -50,14 +54,39 @@ async def serve(settings: ServeSettings) -> int:
         ],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-    health = Health(server)
     enable_reflection(server)
+    return server
+
+
+async def _load_initial(settings: ServeSettings, registry: ModelRegistry) -> None:
+    if settings.model_control_mode != "explicit":
+        await registry.load_all()
+        return
+    for name in settings.load_model:
+        try:
+            await registry.load(name)
+        except OrtserveError as exc:  # one model that cannot load does not stop the daemon
+            log.error("model did not load", model=name, reason=str(exc))
+
+
+async def serve(settings: ServeSettings) -> int:
+    root = settings.model_repository
+    if not root.is_dir():
+        log.error("model repository not found", model_repository=str(root))
+        return 2
+    metrics = Metrics()
+    tracker = SettleTracker(settings.settle_seconds)
+    registry = ModelRegistry(root, settings.default_max_batch_size, metrics, tracker)
+    inference = InferenceService(registry, metrics)
+    servicer = InferenceServicer(registry, inference, version(), _control_hint(settings))
+    server = _build_server(settings, servicer)
+    health = Health(server)
+    registry.on_state_change(health.model_changed)
+    address = _address(settings.host, settings.grpc_port)
     try:
-        port = server.add_insecure_port(_address(settings.host, settings.grpc_port))
+        port = server.add_insecure_port(address)
     except RuntimeError as exc:
-        log.error(
-            "cannot listen", address=_address(settings.host, settings.grpc_port), error=str(exc)
-        )
+        log.error("cannot listen", address=address, error=str(exc))
         return 2
     metrics_port = None
     if settings.metrics_port >= 0:
@@ -80,11 +109,15 @@ async def serve(settings: ServeSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    await registry.load_all()
+    await _load_initial(settings, registry)
+    watcher = None
+    if settings.model_control_mode == "poll":
+        watcher = RepositoryWatcher(root, tracker, registry.sync, settings.watch_polling)
+        watcher.start()
     await health.set_models((name, registry.is_ready(name)) for name in registry.names())
     servicer.ready = True
     await health.set_server(True)
-    log.info("ready", models=registry.names())
+    log.info("ready", models=registry.names(), model_control_mode=settings.model_control_mode)
 
     await stop.wait()
     log.info("stopping", grace_seconds=settings.grace_seconds)
@@ -92,6 +125,8 @@ async def serve(settings: ServeSettings) -> int:
     await health.set_server(False)
     for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal stops at once
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop(0)))
+    if watcher is not None:
+        await watcher.aclose()
     await server.stop(settings.grace_seconds)
     await registry.close()
     log.info("stopped")

@@ -31,6 +31,10 @@ class DeadlineExpired(OrtserveError):
     """The request's deadline or queue timeout passed before it could run."""
 
 
+class Disabled(OrtserveError):
+    """The call is offered but switched off by the daemon's settings; the message says how."""
+
+
 class Unsupported(OrtserveError):
     """The call is valid but this daemon does not offer it (or not with these settings)."""
 

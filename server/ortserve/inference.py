@@ -17,7 +17,8 @@ import numpy.typing as npt
 from ortserve.datatypes import CONFIG_TO_WIRE
 from ortserve.errors import InvalidInput, OrtserveError
 from ortserve.observability.metrics import Metrics, reason_label
-from ortserve.registry.models import ModelRegistry, ServedVersion
+from ortserve.registry.registry import ModelRegistry
+from ortserve.registry.versions import ServedVersion
 from ortserve_client._proto import model_config_pb2 as mc
 from ortserve_client.tensors import DecodedTensor
 
@@ -60,17 +61,19 @@ class InferenceService:
         started = time.perf_counter_ns()
         served: ServedVersion | None = None
         try:
-            served = self._registry.resolve(request.model_name, request.model_version)
-            if self._metrics is not None:
-                self._metrics.pending.labels(served.model_name).inc()
-            response = await self._run(served, request)
+            # The lease keeps this version's sessions open until the answer is built, even if
+            # a newer version is swapped in meanwhile.
+            with self._registry.lease(request.model_name, request.model_version) as served:
+                if self._metrics is not None:
+                    self._metrics.pending.labels(served.model_name).inc()
+                try:
+                    return await self._run(served, request)
+                finally:
+                    if self._metrics is not None:
+                        self._metrics.pending.labels(served.model_name).dec()
         except (OrtserveError, asyncio.CancelledError) as exc:
             self._failed(served, exc, started)
             raise
-        finally:
-            if served is not None and self._metrics is not None:
-                self._metrics.pending.labels(served.model_name).dec()
-        return response
 
     async def _run(self, served: ServedVersion, request: InferRequest) -> InferResponse:
         started = time.perf_counter_ns()

@@ -1,11 +1,16 @@
-"""Server settings: one typed schema, read from flags and ORTSERVE_* variables in one place."""
+"""Server settings: one typed schema, read from flags and ORTSERVE_* variables in one place.
+
+Each field of ``ServeSettings`` is a flag (``--grpc-port``) and a variable (``ORTSERVE_GRPC_PORT``);
+a flag wins over its variable, which wins over the default written here. Booleans read 1/true/yes
+from the environment; lists (``--load-model``) are repeated flags or comma-separated variables.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,40 +23,65 @@ class ServeSettings:
     metrics_port: int = 8002
     log_format: str = "console"
     log_level: str = "info"
+    model_control_mode: str = "poll"
+    enable_repository_control: bool = False
+    load_model: tuple[str, ...] = field(default_factory=tuple)
+    settle_seconds: float = 1.0
+    watch_polling: bool = False
     default_max_batch_size: int = 32
     max_message_bytes: int = 2**31 - 1
     grace_seconds: float = 5.0
 
 
-# flag name -> (help, type, choices); the default comes from the dataclass field.
-_FLAGS: dict[str, tuple[str, Any, Sequence[str] | None]] = {
-    "model_repository": (
-        "folder holding <model>/config.pbtxt and <model>/<version>/model.onnx (required)",
-        Path,
-        None,
+@dataclass(frozen=True, slots=True)
+class _Flag:
+    help: str
+    kind: Any = str  # str, int, float, Path, bool (a switch) or list (repeatable)
+    choices: Sequence[str] | None = None
+
+
+_FLAGS: dict[str, _Flag] = {
+    "model_repository": _Flag(
+        "folder holding <model>/config.pbtxt and <model>/<version>/model.onnx (required)", Path
     ),
-    "host": (
-        "address to listen on (pass 0.0.0.0 in a container to accept outside traffic)",
+    "host": _Flag("address to listen on (pass 0.0.0.0 in a container to accept outside traffic)"),
+    "grpc_port": _Flag("gRPC port; 0 picks a free one and logs it on one line", int),
+    "metrics_port": _Flag(
+        "Prometheus /metrics port on the same host; 0 picks a free one, -1 turns it off", int
+    ),
+    "log_format": _Flag("console (human) or json (one object per line)", str, ("console", "json")),
+    "log_level": _Flag("debug, info, warning or error", str, ("debug", "info", "warning", "error")),
+    "model_control_mode": _Flag(
+        "poll: load every model at start and watch the repository for new, changed and removed "
+        "versions; none: load at start, never reload; explicit: load only --load-model models "
+        "and what RepositoryModelLoad asks for",
         str,
-        None,
+        ("none", "poll", "explicit"),
     ),
-    "grpc_port": ("gRPC port; 0 picks a free one and logs it on one line", int, None),
-    "metrics_port": (
-        "Prometheus /metrics port on the same host; 0 picks a free one, -1 turns it off",
+    "enable_repository_control": _Flag(
+        "allow RepositoryModelLoad/Unload over gRPC in poll and none modes (always on in explicit)",
+        bool,
+    ),
+    "load_model": _Flag("in explicit mode, a model to load at start (repeat the flag)", list),
+    "settle_seconds": _Flag(
+        "a new or changed version folder is loaded once nothing in it changed for this long "
+        "(a READY file in it, or publishing it by one atomic rename, skips the wait)",
+        float,
+    ),
+    "watch_polling": _Flag(
+        "watch the repository by polling instead of file-system events (network file systems)",
+        bool,
+    ),
+    "default_max_batch_size": _Flag(
+        "max_batch_size given to a model with no explicit one whose inputs and outputs all have "
+        "a dynamic first dimension",
         int,
-        None,
     ),
-    "log_format": ("console (human) or json (one object per line)", str, ("console", "json")),
-    "log_level": ("debug, info, warning or error", str, ("debug", "info", "warning", "error")),
-    "default_max_batch_size": (
-        "max_batch_size given to a model with no explicit one whose inputs and outputs all "
-        "have a dynamic first dimension",
-        int,
-        None,
-    ),
-    "max_message_bytes": ("largest gRPC message accepted or sent, in bytes", int, None),
-    "grace_seconds": ("on SIGTERM/SIGINT, how long in-flight requests may finish", float, None),
+    "max_message_bytes": _Flag("largest gRPC message accepted or sent, in bytes", int),
+    "grace_seconds": _Flag("on SIGTERM/SIGINT, how long in-flight requests may finish", float),
 }
+
+_TRUE = ("1", "true", "yes", "on")
 
 
 def env_name(field_name: str) -> str:
@@ -60,27 +90,40 @@ def env_name(field_name: str) -> str:
 
 def add_serve_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
     """Every setting as a flag; each flag's default is its ORTSERVE_* variable when set."""
-    defaults: dict[str, Any] = {f.name: f.default for f in fields(ServeSettings)}
-    for name, (help_text, kind, choices) in _FLAGS.items():
-        flag = "--" + name.replace("_", "-")
+    defaults = {f.name: f for f in fields(ServeSettings)}
+    for name, flag in _FLAGS.items():
+        option = "--" + name.replace("_", "-")
         env = env_name(name)
-        default: Any = environ.get(env)
-        if default is None:
-            default = defaults[name] if name in defaults and name != "model_repository" else None
-        shown = "" if default is None else f" (default: {default})"
+        raw = environ.get(env)
+        spec = defaults[name]
+        fallback = spec.default_factory() if spec.default_factory is not MISSING else spec.default
+        if flag.kind is bool:
+            default: Any = raw.strip().lower() in _TRUE if raw is not None else fallback
+            parser.add_argument(option, dest=name, action="store_true", default=default,
+                                help=f"{flag.help}; env {env}=1")  # fmt: skip
+            continue
+        if flag.kind is list:
+            default = [v.strip() for v in raw.split(",") if v.strip()] if raw else []
+            parser.add_argument(option, dest=name, action="append", default=default,
+                                metavar="NAME", help=f"{flag.help}; env {env}=a,b")  # fmt: skip
+            continue
+        default = flag.kind(raw) if raw is not None else fallback
+        required = default is MISSING
+        shown = "" if required else f" (default: {default})"
         parser.add_argument(
-            flag,
+            option,
             dest=name,
-            type=kind,
-            default=kind(default) if default is not None else None,
-            choices=choices,
-            required=name == "model_repository" and default is None,
-            help=f"{help_text}{shown}; env {env}",
+            type=flag.kind,
+            default=None if required else default,
+            choices=flag.choices,
+            required=required,
+            help=f"{flag.help}{shown}; env {env}",
         )
 
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     values = {f.name: getattr(args, f.name) for f in fields(ServeSettings)}
+    values["load_model"] = tuple(values["load_model"])
     return ServeSettings(**values)
 
 

@@ -211,9 +211,9 @@ BAD_CALLS: dict[str, tuple[str, object, grpc.StatusCode]] = {
     "RepositoryIndex": ("RepositoryIndex", pb.RepositoryIndexRequest(repository_name="other"),
                         grpc.StatusCode.UNIMPLEMENTED),
     "RepositoryModelLoad": ("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name="../x"),
-                            grpc.StatusCode.UNIMPLEMENTED),
+                            grpc.StatusCode.UNAVAILABLE),
     "RepositoryModelUnload": ("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name=""),
-                              grpc.StatusCode.UNIMPLEMENTED),
+                              grpc.StatusCode.UNAVAILABLE),
     "SystemSharedMemoryRegister": ("SystemSharedMemoryRegister",
                                    pb.SystemSharedMemoryRegisterRequest(name="r", key="/nope"),
                                    grpc.StatusCode.UNIMPLEMENTED),
@@ -322,6 +322,6 @@ def test_json_log_says_the_port_once(daemon: Daemon) -> None:
 
 
 def test_ready_log_lists_models(daemon: Daemon) -> None:
-    ready = [r for r in daemon.log_records() if r.get("event") == "model ready"]
+    ready = [r for r in daemon.log_records() if r.get("event") == "version loaded"]
     assert {r["model"] for r in ready} == {"add", "ids", "alltypes", "bytes", "typed"}
     assert all(r["provider"] == "CPUExecutionProvider" for r in ready)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 import grpc
@@ -22,7 +23,14 @@ class Health:
 
     def __init__(self, server: grpc.aio.Server) -> None:
         self._servicer = HealthServicer()
+        self._updates: set[asyncio.Task[None]] = set()
         health_pb2_grpc.add_HealthServicer_to_server(self._servicer, server)
+
+    def model_changed(self, name: str, ready: bool) -> None:
+        """A registry listener: a model started or stopped serving."""
+        task = asyncio.get_running_loop().create_task(self.set_models([(name, ready)]))
+        self._updates.add(task)
+        task.add_done_callback(self._updates.discard)
 
     async def set_server(self, serving: bool) -> None:
         status = SERVING if serving else NOT_SERVING

@@ -6,7 +6,8 @@ from collections.abc import Iterable, Sequence
 
 from ortserve.datatypes import CONFIG_TO_WIRE
 from ortserve.observability.statistics import Duration, VersionStatistics
-from ortserve.registry.models import IndexEntry, ServedVersion
+from ortserve.registry.registry import IndexEntry
+from ortserve.registry.versions import ServedVersion
 from ortserve.repository.config import PLATFORM
 from ortserve_client._proto import grpc_service_pb2 as pb
 from ortserve_client._proto import model_config_pb2 as mc

@@ -5,15 +5,15 @@ Errors are not handled here: protocol/status.py's interceptor maps every domain 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from ortserve.errors import Unsupported
+from ortserve.errors import Disabled, InvalidInput, Unsupported
 from ortserve.inference import InferenceService
 from ortserve.protocol import codec, metadata
-from ortserve.registry.models import ModelRegistry
+from ortserve.registry.registry import ModelRegistry
 from ortserve_client._proto import grpc_service_pb2 as pb
 from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -21,6 +21,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 #: Triton extensions this daemon really implements (ServerMetadata advertises exactly these).
 EXTENSIONS: tuple[str, ...] = ("model_configuration", "schedule_policy", "statistics")
+#: Added when repository control (load/unload over gRPC) is switched on.
+REPOSITORY_EXTENSIONS: tuple[str, ...] = ("model_repository", "model_repository(unload_dependents)")
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -29,12 +31,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         registry: ModelRegistry,
         inference: InferenceService,
         version: str,
-        extensions: Sequence[str] = EXTENSIONS,
+        control_hint: str | None = None,
     ) -> None:
+        """``control_hint`` None: repository control is on; else why it is off and how to turn
+        it on (sent with UNAVAILABLE)."""
         self._registry = registry
         self._inference = inference
         self._version = version
-        self._extensions = tuple(extensions)
+        self._control_hint = control_hint
+        self._extensions = EXTENSIONS + (REPOSITORY_EXTENSIONS if control_hint is None else ())
         self.ready = False  # set by the app once the repository is loaded
 
     async def ServerLive(
@@ -96,12 +101,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
-        raise Unsupported("RepositoryModelLoad is not offered yet (model control)")
+        self._check_control(request.repository_name)
+        config: str | None = None
+        files: dict[str, bytes] = {}
+        for key, param in request.parameters.items():
+            if key == "config":
+                config = param.string_param
+            elif key.startswith("file:"):
+                files[key.removeprefix("file:")] = param.bytes_param
+            else:
+                raise InvalidInput(f"RepositoryModelLoad: unknown parameter '{key}'")
+        await self._registry.load(request.model_name, config, files)
+        return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
-        raise Unsupported("RepositoryModelUnload is not offered yet (model control)")
+        self._check_control(request.repository_name)
+        # unload_dependents is accepted; ortserve has no ensembles, so nothing depends on a model.
+        await self._registry.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _check_control(self, repository_name: str) -> None:
+        if self._control_hint is not None:
+            raise Disabled(self._control_hint)
+        if repository_name:
+            raise Unsupported("this daemon serves one repository; leave repository_name empty")
 
     async def SystemSharedMemoryStatus(
         self, request: pb.SystemSharedMemoryStatusRequest, context: Context

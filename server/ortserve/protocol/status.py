@@ -24,6 +24,7 @@ STATUS_TABLE: tuple[tuple[type[errors.OrtserveError], grpc.StatusCode], ...] = (
     (errors.ModelNotReady, grpc.StatusCode.UNAVAILABLE),
     (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.Disabled, grpc.StatusCode.UNAVAILABLE),
     (errors.Unsupported, grpc.StatusCode.UNIMPLEMENTED),
     (errors.ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.ModelLoadError, grpc.StatusCode.INTERNAL),

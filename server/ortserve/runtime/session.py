@@ -88,6 +88,12 @@ class ModelSessions:
         finally:
             self._idle.put_nowait(session)
 
+    def run_everywhere(
+        self, feeds: Mapping[str, Array], outputs: Sequence[str]
+    ) -> list[list[Array]]:
+        """Run on every instance, in the calling thread (warmup, before the version serves)."""
+        return [self._run(session, feeds, outputs) for session in self._sessions]
+
     def _run(self, session: Any, feeds: Mapping[str, Array], outputs: Sequence[str]) -> list[Array]:
         prepared = {name: self._prepare(name, array) for name, array in feeds.items()}
         try:
