@@ -8,7 +8,7 @@ outputs back by rows, timing each step for Triton-style statistics.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ class ItemResult:
     batch_rows: int
     queue_ns: int
     times: ComputeTimes
+    padding_ratio: float = 1.0  # padded tokens / real tokens of the batch (text models)
 
 
 class VersionExecutor:
@@ -52,7 +53,11 @@ class VersionExecutor:
         sessions: ModelSessions,
         source: str,
         metrics: Metrics | None = None,
+        pad_values: Mapping[str, int] | None = None,
+        sequence_outputs: Collection[str] = (),
     ) -> None:
+        """``pad_values``: for text models, the pad value of each token input; requests are
+        then padded to the batch's longest and ``sequence_outputs`` trimmed back."""
         self.name = name
         self.statistics = VersionStatistics()
         self._sessions = sessions
@@ -60,6 +65,8 @@ class VersionExecutor:
         self._batched = config.max_batch_size > 0
         self._output_names = [output.name for output in config.output]
         self._metrics = metrics
+        self._pad_values = pad_values
+        self._sequence_outputs = frozenset(sequence_outputs)
         self.batcher: DynamicBatcher[Feeds, ItemResult] = DynamicBatcher(
             self._run_batch,
             policy_from_config(config, source),
@@ -80,28 +87,37 @@ class VersionExecutor:
         priority: int = 0,
         timeout_microseconds: int = 0,
         deadline: float | None = None,
+        length: int | None = None,
     ) -> ItemResult:
+        """``length``: tokens per row of a text request (paddable: batched with any length)."""
         rows = feed_rows(feeds) if self._batched else 1
+        paddable = length is not None and self._pad_values is not None
         return await self.batcher.submit(
             feeds,
             rows=rows,
-            shape_key=shape_key(feeds) if self._batched else None,
+            shape_key=shape_key(feeds, paddable) if self._batched else None,
             priority=priority,
             timeout_microseconds=timeout_microseconds,
             deadline=deadline,
+            length=length if paddable else None,
         )
 
     async def _run_batch(self, batch: Batch[Feeds]) -> Sequence[ItemResult]:
         start = time.perf_counter_ns()
-        stacked = stack_feeds(batch.payloads)
+        lengths = batch.lengths
+        stacked = stack_feeds(batch.payloads, self._pad_values if lengths else None)
         stacked_at = time.perf_counter_ns()
         arrays = await self._sessions.run(stacked, self._output_names)
         ran_at = time.perf_counter_ns()
         outputs = dict(zip(self._output_names, arrays, strict=True))
-        pieces = split_outputs(outputs, batch.row_counts) if self._batched else [outputs]
+        if self._batched:
+            pieces = split_outputs(outputs, batch.row_counts, lengths, self._sequence_outputs)
+        else:
+            pieces = [outputs]
         times = ComputeTimes(
             stacked_at - start, ran_at - stacked_at, time.perf_counter_ns() - ran_at
         )
+        ratio = self._padding(stacked) if lengths else 1.0
         self.statistics.record_execution(batch.rows, times)
         if self._metrics is not None:
             self._metrics.batch_size.labels(self._model).observe(batch.rows)
@@ -109,6 +125,18 @@ class VersionExecutor:
                 (times.input_ns + times.infer_ns + times.output_ns) / 1e9
             )
         return [
-            ItemResult(piece, batch.rows, item.queue_ns, times)
+            ItemResult(piece, batch.rows, item.queue_ns, times, ratio)
             for piece, item in zip(pieces, batch.items, strict=True)
         ]
+
+    def _padding(self, stacked: Mapping[str, Array]) -> float:
+        """Padded tokens / real tokens of a text batch; counted in statistics and metrics."""
+        mask = stacked.get("attention_mask")
+        ids = stacked["input_ids"]
+        padded = int(ids.shape[0] * ids.shape[1])
+        real = int(mask.sum()) if mask is not None else padded
+        self.statistics.record_tokens(real, padded)
+        if self._metrics is not None:
+            self._metrics.tokens.labels(self._model, "real").inc(real)
+            self._metrics.tokens.labels(self._model, "padded").inc(padded)
+        return padded / max(real, 1)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +18,9 @@ from ortserve.errors import InvalidInput, OrtserveError
 from ortserve.observability.metrics import Metrics, reason_label
 from ortserve.registry.registry import ModelRegistry
 from ortserve.registry.versions import ServedVersion
-from ortserve_client._proto import model_config_pb2 as mc
+from ortserve.text.tasks import top_k
+from ortserve.text.tokenization import Encoded
+from ortserve.validation import check_inputs, check_outputs
 from ortserve_client.tensors import DecodedTensor
 
 Array = npt.NDArray[Any]
@@ -34,6 +35,7 @@ class InferRequest:
     outputs: list[str]  # requested output names; empty means all
     parameters: dict[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None  # the caller's own deadline (gRPC), seconds from now
+    classification: dict[str, int] = field(default_factory=dict)  # output -> top k asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,34 +79,57 @@ class InferenceService:
 
     async def _run(self, served: ServedVersion, request: InferRequest) -> InferResponse:
         started = time.perf_counter_ns()
-        feeds = check_inputs(served, request.inputs)
-        names = check_outputs(served, request.outputs)
         priority, timeout_us = _queue_parameters(request.parameters)
+        prepared = await _prepare(served, request)
+        unknown = set(request.classification) - set(prepared.outputs)
+        if unknown:
+            raise InvalidInput(f"classification asked for outputs not requested: {sorted(unknown)}")
         deadline = None
         if request.timeout_s is not None:
             deadline = asyncio.get_running_loop().time() + request.timeout_s
+        encoded = prepared.encoded
         result = await served.executor.submit(
-            feeds, priority=priority, timeout_microseconds=timeout_us, deadline=deadline
+            prepared.feeds,
+            priority=priority,
+            timeout_microseconds=timeout_us,
+            deadline=deadline,
+            length=encoded.length if encoded is not None else None,
         )
         times = result.times
+        rows = prepared.rows if served.model_config.max_batch_size else 1
         served.executor.statistics.record_success(
-            _rows(served, feeds), time.perf_counter_ns() - started, result.queue_ns, times
+            rows, time.perf_counter_ns() - started, result.queue_ns, times
         )
         if self._metrics is not None:
             self._metrics.requests.labels(served.model_name).inc()
             self._metrics.queue.labels(served.model_name).observe(result.queue_ns / 1e9)
         wire_types = {out.name: CONFIG_TO_WIRE[out.data_type] for out in served.config.output}
+        tensors = {
+            name: OutputTensor(name, wire_types[name], array)
+            for name, array in result.outputs.items()
+        }
+        if encoded is not None and served.text is not None:
+            for task_output in served.text.finish(encoded, result.outputs):
+                tensors[task_output.name] = OutputTensor(
+                    task_output.name, task_output.datatype, task_output.array
+                )
+        _classification(
+            tensors, request.classification, served.text.labels if served.text else None
+        )
         compute_ns = times.input_ns + times.infer_ns + times.output_ns
+        parameters: dict[str, Any] = {
+            "queue_us": result.queue_ns // 1000,
+            "compute_us": compute_ns // 1000,
+            "batch_size": result.batch_rows,
+        }
+        if encoded is not None:
+            parameters["padding_ratio"] = round(result.padding_ratio, 4)
         return InferResponse(
             model_name=served.model_name,
             model_version=str(served.version),
             id=request.id,
-            outputs=[OutputTensor(name, wire_types[name], result.outputs[name]) for name in names],
-            parameters={
-                "queue_us": result.queue_ns // 1000,
-                "compute_us": compute_ns // 1000,
-                "batch_size": result.batch_rows,
-            },
+            outputs=[tensors[name] for name in prepared.outputs],
+            parameters=parameters,
         )
 
     def _failed(self, served: ServedVersion | None, exc: BaseException, started: int) -> None:
@@ -115,12 +140,6 @@ class InferenceService:
             # Unknown model names are not labels: a caller could grow the series without bound.
             label = served.model_name if served is not None else ""
             self._metrics.failures.labels(label, reason).inc()
-
-
-def _rows(served: ServedVersion, feeds: dict[str, Array]) -> int:
-    if served.config.max_batch_size == 0:
-        return 1
-    return int(next(iter(feeds.values())).shape[0]) if feeds else 1
 
 
 def _queue_parameters(parameters: dict[str, Any]) -> tuple[int, int]:
@@ -136,86 +155,46 @@ def _queue_parameters(parameters: dict[str, Any]) -> tuple[int, int]:
     return values[0], values[1]
 
 
-def check_inputs(served: ServedVersion, inputs: Sequence[DecodedTensor]) -> dict[str, Array]:
-    """The request's inputs as feeds, after checking names, datatypes and shapes."""
-    config = served.config
-    where = f"model '{served.model_name}' version {served.version}"
-    expected = {entry.name: entry for entry in config.input}
-    feeds: dict[str, Array] = {}
-    batch_sizes: set[int] = set()
-    for tensor in inputs:
-        entry = expected.get(tensor.name)
-        if entry is None:
-            known = ", ".join(expected)
-            raise InvalidInput(f"{where} has no input '{tensor.name}' (inputs: {known})")
-        if tensor.name in feeds:
-            raise InvalidInput(f"input '{tensor.name}' is given twice")
-        want_type = CONFIG_TO_WIRE[entry.data_type]
-        if tensor.datatype != want_type:
+@dataclass(slots=True)
+class _Prepared:
+    """A request made ready for the batcher: its feeds and what to answer with."""
+
+    feeds: dict[str, Array]
+    outputs: list[str]
+    encoded: Encoded | None = None  # text requests: the tokens, for post-processing
+
+    @property
+    def rows(self) -> int:
+        return int(next(iter(self.feeds.values())).shape[0]) if self.feeds else 1
+
+
+async def _prepare(served: ServedVersion, request: InferRequest) -> _Prepared:
+    where = served.label
+    text = served.text
+    texts = text.texts(request.inputs) if text is not None else None
+    if text is None or texts is None:
+        raw = served.model_config
+        feeds = check_inputs(raw, request.inputs, where)
+        available = [out.name for out in raw.output]
+        note = " for token inputs; task outputs need TEXT" if text is not None else ""
+        return _Prepared(feeds, check_outputs(available, request.outputs, where, note))
+    task_outputs = text.task_output_names()
+    available = task_outputs + [out.name for out in served.model_config.output]
+    names = check_outputs(available, request.outputs, where) if request.outputs else task_outputs
+    # Tokenizing runs in a worker thread: tokenizers releases the GIL while it works.
+    encoded = await asyncio.to_thread(text.encoder.encode, *texts)
+    return _Prepared(encoded.feeds, names, encoded)
+
+
+def _classification(
+    outputs: dict[str, OutputTensor], asked: dict[str, int], labels: dict[int, str] | None
+) -> None:
+    """Triton's classification extension: an FP32 output becomes its top k as BYTES."""
+    for name, k in asked.items():
+        tensor = outputs[name]
+        if tensor.datatype != "FP32" or tensor.array.ndim < 2:
             raise InvalidInput(
-                f"input '{tensor.name}': datatype {tensor.datatype} does not match "
-                f"{where}, which expects {want_type}"
+                f"output '{name}': classification needs a batched FP32 output, it is "
+                f"{tensor.datatype} {list(tensor.array.shape)}"
             )
-        batch = _check_shape(entry, tensor, config.max_batch_size, where)
-        if batch is not None:
-            batch_sizes.add(batch)
-        feeds[tensor.name] = _reshaped(entry, tensor.array, batch)
-    missing = [name for name, entry in expected.items() if name not in feeds and not entry.optional]
-    if missing:
-        raise InvalidInput(f"{where}: missing input(s) {', '.join(repr(m) for m in missing)}")
-    if len(batch_sizes) > 1:
-        raise InvalidInput(
-            f"{where}: inputs disagree on the batch size (first dimension): {sorted(batch_sizes)}"
-        )
-    return feeds
-
-
-def _check_shape(
-    entry: mc.ModelInput, tensor: DecodedTensor, max_batch: int, where: str
-) -> int | None:
-    shape = list(tensor.array.shape)
-    dims = list(entry.dims)
-    batch: int | None = None
-    expected = ([-1] if max_batch > 0 else []) + dims
-    if len(shape) != len(expected):
-        raise InvalidInput(
-            f"input '{tensor.name}': shape {shape} does not match {where}, which expects "
-            f"{expected} (-1 = any size)"
-        )
-    if max_batch > 0:
-        batch = shape[0]
-        if batch < 1 or batch > max_batch:
-            raise InvalidInput(
-                f"input '{tensor.name}': batch size {batch} is outside 1..{max_batch} "
-                f"(max_batch_size of {where})"
-            )
-    for got, want in zip(shape, expected, strict=True):
-        if want != -1 and got != want:
-            raise InvalidInput(
-                f"input '{tensor.name}': shape {shape} does not match {where}, which expects "
-                f"{expected} (-1 = any size)"
-            )
-    return batch
-
-
-def _reshaped(entry: mc.ModelInput, array: Array, batch: int | None) -> Array:
-    """Apply the config's ``reshape``: clients send ``dims``, the model takes ``reshape``."""
-    if not entry.HasField("reshape"):
-        return array
-    return array.reshape(([batch] if batch is not None else []) + list(entry.reshape.shape))
-
-
-def check_outputs(served: ServedVersion, requested: Sequence[str]) -> list[str]:
-    """Requested output names in the order asked (all outputs in config order when none)."""
-    available = [entry.name for entry in served.config.output]
-    if not requested:
-        return available
-    for name in requested:
-        if name not in available:
-            raise InvalidInput(
-                f"model '{served.model_name}' version {served.version} has no output '{name}' "
-                f"(outputs: {', '.join(available)})"
-            )
-    if len(set(requested)) != len(requested):
-        raise InvalidInput(f"an output is requested twice: {list(requested)}")
-    return list(requested)
+        outputs[name] = OutputTensor(name, "BYTES", top_k(tensor.array, k, labels))

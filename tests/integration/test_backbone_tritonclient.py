@@ -70,7 +70,12 @@ def test_server_live_ready_and_metadata(client: tg.InferenceServerClient) -> Non
     meta = client.get_server_metadata(as_json=True)
     assert meta["name"] == "ortserve"
     assert meta["version"]
-    assert meta["extensions"] == ["model_configuration", "schedule_policy", "statistics"]
+    assert meta["extensions"] == [
+        "classification",
+        "model_configuration",
+        "schedule_policy",
+        "statistics",
+    ]
 
 
 def test_model_metadata_puts_a_dynamic_batch_dim_first(client: tg.InferenceServerClient) -> None:

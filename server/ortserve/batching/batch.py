@@ -18,6 +18,7 @@ class BatchItem(Generic[T]):
     arrival: float  # loop time at submit
     queue_ns: int  # from arrival until the batch was handed to run_batch, for statistics
     priority_level: int  # 0 when priorities are off
+    length: int | None = None  # tokens per row of a paddable (text) request
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,13 @@ class Batch(Generic[T]):
     @property
     def row_counts(self) -> list[int]:
         return [item.rows for item in self.items]
+
+    @property
+    def lengths(self) -> list[int] | None:
+        """Each item's tokens per row, when the batch is of paddable requests."""
+        if any(item.length is None for item in self.items):
+            return None
+        return [item.length or 0 for item in self.items]
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,6 +126,7 @@ class DynamicBatcher(Generic[T, R]):
         priority: int = 0,
         timeout_microseconds: int = 0,
         deadline: float | None = None,
+        length: int | None = None,
     ) -> R:
         """Queue one request and wait for its result.
 
@@ -135,6 +136,8 @@ class DynamicBatcher(Generic[T, R]):
         ``timeout_microseconds``: the request's own queue timeout (0 = none), honoured only
         where the queue policy allows overrides and only to shorten the default.
         ``deadline``: the caller's absolute deadline on this loop's clock (``loop.time()``).
+        ``length``: tokens per row of a paddable (text) request: such requests batch with
+        others of any length (padded to the longest), grouped by length, within the token budget.
         """
         loop = self._open_loop()
         policy = self._policy
@@ -156,7 +159,9 @@ class DynamicBatcher(Generic[T, R]):
             self._expired += 1
             raise DeadlineExpired(f"{self._name}: the request's deadline passed before it queued")
         future: asyncio.Future[R] = loop.create_future()
-        entry = Entry(next(self._seq), payload, rows, shape_key, level, arrival, expires, future)
+        entry = Entry(
+            next(self._seq), payload, rows, shape_key, level, arrival, expires, future, length
+        )
         if expires is not None:
             # Expiry by timer, so that it happens while every runner is busy (triton#7512).
             entry.timer = loop.call_at(expires, self._expire, entry)
@@ -195,7 +200,13 @@ class DynamicBatcher(Generic[T, R]):
         while not self._closing:
             self._changed.clear()
             now = self._loop.time()
-            found = self._queue.candidates(policy.max_batch_size, policy.max_batch_requests, now)
+            found = self._queue.candidates(
+                policy.max_batch_size,
+                policy.max_batch_requests,
+                now,
+                policy.max_batch_tokens,
+                policy.group_by_length,
+            )
             for entry in found.expired:
                 self._expire(entry)
             picked = found.entries
@@ -226,7 +237,9 @@ class DynamicBatcher(Generic[T, R]):
         now = self._loop.time()
         batch = Batch(
             items=tuple(
-                BatchItem(e.payload, e.rows, e.arrival, round((now - e.arrival) * 1e9), e.level)
+                BatchItem(
+                    e.payload, e.rows, e.arrival, round((now - e.arrival) * 1e9), e.level, e.length
+                )
                 for e in live
             ),
             shape_key=live[0].shape_key,

@@ -66,6 +66,12 @@ class BatchPolicy:
     max_queue_delay_microseconds: int = 0
     # Most requests in one batch; 0 = no limit. 1 gives Triton's default scheduler (no batching).
     max_batch_requests: int = 0
+    # For paddable (text) requests: most padded tokens in one batch (longest length x rows);
+    # 0 = no limit.
+    max_batch_tokens: int = 0
+    # For paddable requests: fill a batch with the requests nearest the oldest one in length,
+    # rather than in arrival order, so that one long text does not pad many short ones.
+    group_by_length: bool = True
     # Priority levels 1..priority_levels, 1 first; 0 = priorities off (one level).
     priority_levels: int = 0
     # The level of a request that gives none (priority 0); within 1..priority_levels.
@@ -87,6 +93,8 @@ class BatchPolicy:
             raise ValueError("max_queue_delay_microseconds must be >= 0")
         if self.max_batch_requests < 0:
             raise ValueError("max_batch_requests must be >= 0")
+        if self.max_batch_tokens < 0:
+            raise ValueError("max_batch_tokens must be >= 0")
         if self.priority_levels < 0:
             raise ValueError("priority_levels must be >= 0")
         if self.priority_levels and not 1 <= self.default_priority_level <= self.priority_levels:
@@ -130,11 +138,21 @@ def policy_from_config(config: mc.ModelConfig, source: str) -> BatchPolicy:
     """
     dynamic = config.dynamic_batching if config.HasField("dynamic_batching") else None
     batched = config.max_batch_size > 0
+    tokens = _int_parameter(config, "max_batch_tokens", source)
+    grouping = "length"
+    if "batch_grouping" in config.parameters:
+        grouping = config.parameters["batch_grouping"].string_value
+    if grouping not in ("length", "arrival"):
+        raise ConfigError(
+            f"{source}: parameters 'batch_grouping' must be length or arrival, got '{grouping}'"
+        )
     try:
         if dynamic is None:
             return BatchPolicy(max_batch_size=max(config.max_batch_size, 1), max_batch_requests=1)
         levels = int(dynamic.priority_levels)
         return BatchPolicy(
+            max_batch_tokens=tokens,
+            group_by_length=grouping == "length",
             max_batch_size=config.max_batch_size if batched else 1,
             preferred_batch_sizes=tuple(dynamic.preferred_batch_size) if batched else (),
             max_queue_delay_microseconds=int(dynamic.max_queue_delay_microseconds),
@@ -149,6 +167,16 @@ def policy_from_config(config: mc.ModelConfig, source: str) -> BatchPolicy:
         )
     except ValueError as exc:
         raise ConfigError(f"{source}: dynamic_batching: {exc}") from None
+
+
+def _int_parameter(config: mc.ModelConfig, key: str, source: str) -> int:
+    if key not in config.parameters or not config.parameters[key].string_value:
+        return 0
+    raw = config.parameters[key].string_value
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{source}: parameters '{key}' must be an integer, got {raw!r}") from None
 
 
 def _queue_policy(policy: mc.ModelQueuePolicy, source: str, where: str) -> QueuePolicy:

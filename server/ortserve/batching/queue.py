@@ -28,6 +28,7 @@ class Entry(Generic[T, R]):
     arrival: float  # loop time
     deadline: float | None  # loop time
     future: asyncio.Future[R]
+    length: int | None = None  # tokens per row for paddable (text) requests, else None
     timer: asyncio.TimerHandle | None = None
 
     def cancel_timer(self) -> None:
@@ -92,27 +93,77 @@ class PendingQueue(Generic[T, R]):
         self._count = 0
         return entries
 
-    def candidates(self, max_rows: int, max_requests: int, now: float) -> Candidates[T, R]:
-        """The next batch in serving order: the first live entry sets the shape key.
-
-        Requests of other keys are stepped over (they keep their place); a compatible one that
-        does not fit ends the batch, so that nothing overtakes an older request of its own key.
-        """
-        picked: list[Entry[T, R]] = []
+    def candidates(
+        self,
+        max_rows: int,
+        max_requests: int,
+        now: float,
+        max_tokens: int = 0,
+        group_by_length: bool = True,
+    ) -> Candidates[T, R]:
+        """The next batch: ``_in_order``, or ``_by_length`` when the oldest request is paddable."""
+        live: list[Entry[T, R]] = []
         expired: list[Entry[T, R]] = []
-        rows = 0
-        head_key: Hashable = None
         for entry in self:
             if entry.deadline is not None and entry.deadline <= now:
                 expired.append(entry)
-                continue
-            if picked and not compatible(head_key, entry.shape_key):
-                continue
-            if rows + entry.rows > max_rows or (max_requests and len(picked) == max_requests):
-                return Candidates(picked, True, expired)
-            if not picked:
-                head_key = entry.shape_key
-            picked.append(entry)
-            rows += entry.rows
-        full = bool(max_requests) and len(picked) == max_requests
+            else:
+                live.append(entry)
+        if live and live[0].length is not None:
+            picked, full = _by_length(live, max_rows, max_requests, max_tokens, group_by_length)
+        else:
+            picked, full = _in_order(live, max_rows, max_requests)
         return Candidates(picked, full, expired)
+
+
+def _in_order(
+    live: list[Entry[T, R]], max_rows: int, max_requests: int
+) -> tuple[list[Entry[T, R]], bool]:
+    """In serving order: the first live entry sets the shape key.
+
+    Requests of other keys are stepped over (they keep their place); a compatible one that does
+    not fit ends the batch, so that nothing overtakes an older request of its own key.
+    """
+    picked: list[Entry[T, R]] = []
+    rows = 0
+    head_key: Hashable = None
+    for entry in live:
+        if picked and not compatible(head_key, entry.shape_key):
+            continue
+        if rows + entry.rows > max_rows or (max_requests and len(picked) == max_requests):
+            return picked, True
+        if not picked:
+            head_key = entry.shape_key
+        picked.append(entry)
+        rows += entry.rows
+    return picked, bool(max_requests) and len(picked) == max_requests
+
+
+def _by_length(
+    live: list[Entry[T, R]], max_rows: int, max_requests: int, max_tokens: int, grouping: bool
+) -> tuple[list[Entry[T, R]], bool]:
+    """Paddable requests: the oldest always goes; the others join nearest its length first (or
+    in arrival order) while rows, requests and padded tokens (longest x rows) fit.
+
+    The oldest request anchors every batch, so a long text waits no longer than its own window:
+    once it is the oldest it is never passed over for shorter ones.
+    """
+    head = live[0]
+    anchor = head.length or 0
+    others = [
+        e for e in live[1:] if e.length is not None and compatible(head.shape_key, e.shape_key)
+    ]
+    if grouping:
+        others.sort(key=lambda e: (e.level, abs((e.length or 0) - anchor), e.seq))
+    picked = [head]
+    rows, longest, full = head.rows, anchor, False
+    for entry in others:
+        length = max(longest, entry.length or 0)
+        too_many = max_requests and len(picked) == max_requests
+        too_long = max_tokens and length * (rows + entry.rows) > max_tokens
+        if rows + entry.rows > max_rows or too_many or too_long:
+            full = True
+            continue
+        picked.append(entry)
+        rows, longest = rows + entry.rows, length
+    return picked, full or (bool(max_requests) and len(picked) == max_requests)

@@ -8,6 +8,8 @@
 - ``ortserve_compute_duration_seconds{model}``: input stacking + session run + output split.
 - ``ortserve_batch_size{model}``: rows per executed batch.
 - ``ortserve_pending_requests{model}``: requests admitted and not yet answered.
+- ``ortserve_tokens_total{model,kind}``: text models: tokens run, ``kind`` real (the texts) or
+  padded (what the batches ran, padding included); padded / real is the padding ratio.
 """
 
 from __future__ import annotations
@@ -60,6 +62,12 @@ class Metrics:
             "Rows per executed batch",
             ["model"],
             buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "ortserve_tokens",
+            "Tokens run by text models: real (the texts) and padded (padding included)",
+            ["model", "kind"],
             registry=self.registry,
         )
         self.pending = Gauge(

@@ -48,6 +48,16 @@ class VersionStatistics:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStatistics] = field(default_factory=dict)
+    real_tokens: int = 0  # text models: tokens of the texts themselves
+    padded_tokens: int = 0  # text models: tokens run, padding included
+
+    @property
+    def padding_ratio(self) -> float:
+        return self.padded_tokens / self.real_tokens if self.real_tokens else 1.0
+
+    def record_tokens(self, real: int, padded: int) -> None:
+        self.real_tokens += real
+        self.padded_tokens += padded
 
     def record_execution(self, rows: int, times: ComputeTimes) -> None:
         """One session run of ``rows`` rows."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ortserve.errors import InvalidInput, Unsupported
+from ortserve.errors import InvalidInput
 from ortserve.inference import InferRequest, InferResponse
 from ortserve_client._proto import grpc_service_pb2 as pb
 from ortserve_client.tensors import TensorError, decode_request_inputs, encode_raw
@@ -26,13 +26,17 @@ def decode_infer_request(request: pb.ModelInferRequest) -> InferRequest:
     except TensorError as exc:
         raise InvalidInput(f"model '{request.model_name}': {exc}") from None
     outputs: list[str] = []
+    classification: dict[str, int] = {}
     for requested in request.outputs:
-        if "classification" in requested.parameters:
-            raise Unsupported(
-                f"output '{requested.name}': the classification extension is not offered "
-                "by this daemon"
-            )
         outputs.append(requested.name)
+        if "classification" in requested.parameters:
+            count = parameter_value(requested.parameters["classification"])
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise InvalidInput(
+                    f"output '{requested.name}': parameter 'classification' must be a positive "
+                    f"integer (the top k), got {count!r}"
+                )
+            classification[requested.name] = count
     return InferRequest(
         model_name=request.model_name,
         model_version=request.model_version,
@@ -40,6 +44,7 @@ def decode_infer_request(request: pb.ModelInferRequest) -> InferRequest:
         inputs=inputs,
         outputs=outputs,
         parameters=parameters_dict(request.parameters),
+        classification=classification,
     )
 
 

@@ -20,7 +20,12 @@ from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
 Context = grpc.aio.ServicerContext[Any, Any]
 
 #: Triton extensions this daemon really implements (ServerMetadata advertises exactly these).
-EXTENSIONS: tuple[str, ...] = ("model_configuration", "schedule_policy", "statistics")
+EXTENSIONS: tuple[str, ...] = (
+    "classification",
+    "model_configuration",
+    "schedule_policy",
+    "statistics",
+)
 #: Added when repository control (load/unload over gRPC) is switched on.
 REPOSITORY_EXTENSIONS: tuple[str, ...] = ("model_repository", "model_repository(unload_dependents)")
 

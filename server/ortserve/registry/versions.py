@@ -20,6 +20,9 @@ from ortserve.registry.warmup import run_warmup
 from ortserve.repository.config import ParsedConfig, complete_config
 from ortserve.repository.layout import DEFAULT_MODEL_FILENAME
 from ortserve.runtime.session import ModelSessions
+from ortserve.text.files import has_tokenizer, read_files
+from ortserve.text.pipeline import TextPipeline
+from ortserve.text.settings import text_settings
 from ortserve_client._proto import model_config_pb2 as mc
 
 
@@ -29,10 +32,12 @@ class ServedVersion:
 
     model_name: str
     version: int
-    config: mc.ModelConfig
+    config: mc.ModelConfig  # as clients see it (with the text inputs and outputs of a text model)
+    model_config: mc.ModelConfig  # the ONNX model's own inputs and outputs
     sessions: ModelSessions
     executor: VersionExecutor
     fingerprint: str  # what was loaded: config text and the version folder's files
+    text: TextPipeline | None = None
     leases: int = 0
     draining: bool = False
     _drained: asyncio.Event = field(default_factory=asyncio.Event)
@@ -78,12 +83,33 @@ def load_version(
     try:
         config = complete_config(parsed, model_name, sessions.signature, default_max_batch_size)
         run_warmup(config, sessions, version_dir, parsed.source)
+        text = _text_pipeline(version_dir, config, parsed.source)
         label = f"model '{model_name}' version {version}"
-        executor = VersionExecutor(label, config, sessions, parsed.source, metrics)
+        executor = VersionExecutor(
+            label,
+            config,
+            sessions,
+            parsed.source,
+            metrics,
+            pad_values=text.pad_values if text else None,
+            sequence_outputs=text.sequence_outputs if text else (),
+        )
     except ModelLoadError:
         sessions.close()
         raise
-    return ServedVersion(model_name, version, config, sessions, executor, fingerprint)
+    public = text.public_config(config) if text else config
+    return ServedVersion(
+        model_name, version, public, config, sessions, executor, fingerprint, text=text
+    )
+
+
+def _text_pipeline(version_dir: Path, config: mc.ModelConfig, source: str) -> TextPipeline | None:
+    """A text model is one with a tokenizer.json beside its model.onnx."""
+    if not has_tokenizer(version_dir):
+        return None
+    files = read_files(version_dir)
+    params = {key: value.string_value for key, value in config.parameters.items()}
+    return TextPipeline(files, text_settings(params, files, source), config)
 
 
 def _return_memory_to_the_os() -> None:

@@ -1,0 +1,165 @@
+"""A text model's settings: config.pbtxt ``parameters`` first, then defaults from its files.
+
+- ``task``: text-classification, token-classification, question-answering, feature-extraction
+  or sentence-embeddings. Default: the exporter's manifest, then sentence-transformers files
+  (sentence-embeddings), then config.json's architecture (``...ForSequenceClassification``...).
+- ``max_sequence_length``: tokens per text (per window for question answering). Default:
+  sentence_bert_config.json ``max_seq_length``, else tokenizer_config.json ``model_max_length``,
+  capped at 512.
+- ``truncation``: true cuts longer texts; false refuses them (INVALID_ARGUMENT). Default true.
+- ``pooling`` (mean or cls) and ``normalize``: embeddings. Default: 1_Pooling/config.json, and
+  normalize when modules.json has a Normalize module.
+- ``confidence_threshold`` with ``fallback_label``: below the threshold, the fallback label.
+- ``multi_label``: sigmoid per label instead of softmax. Default: config.json ``problem_type``.
+- ``aggregation``: none, simple, first or max (entities). Default simple.
+- ``stride`` (default 128, capped below half a window) and ``max_answer_length`` (default 30):
+  question answering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from ortserve.errors import ConfigError
+from ortserve.text.files import ModelFiles
+
+TASKS = (
+    "text-classification",
+    "token-classification",
+    "question-answering",
+    "feature-extraction",
+    "sentence-embeddings",
+)
+AGGREGATIONS = ("none", "simple", "first", "max")
+POOLINGS = ("mean", "cls")
+
+Where = Callable[[str], str]  # names the parameter for a message
+
+_ARCHITECTURE_TASKS = {
+    "ForSequenceClassification": "text-classification",
+    "ForTokenClassification": "token-classification",
+    "ForQuestionAnswering": "question-answering",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TextSettings:
+    task: str
+    max_length: int
+    truncation: bool = True
+    pooling: str = "mean"
+    normalize: bool = False
+    confidence_threshold: float | None = None
+    fallback_label: str = ""
+    multi_label: bool = False
+    aggregation: str = "simple"
+    stride: int = 128
+    max_answer_length: int = 30
+
+    @property
+    def pair_input(self) -> bool:
+        return self.task in ("question-answering", "text-classification")
+
+    @property
+    def embeds(self) -> bool:
+        return self.task in ("feature-extraction", "sentence-embeddings")
+
+
+def text_settings(params: Mapping[str, str], files: ModelFiles, source: str) -> TextSettings:
+    def where(key: str) -> str:
+        return f"{source}: parameters '{key}'"
+
+    task = params.get("task") or _default_task(files)
+    if task not in TASKS:
+        raise ConfigError(f"{where('task')}: '{task}' is not one of {', '.join(TASKS)}")
+    aggregation = params.get("aggregation", "simple")
+    if aggregation not in AGGREGATIONS:
+        raise ConfigError(f"{where('aggregation')}: '{aggregation}' is not one of {AGGREGATIONS}")
+    pooling = params.get("pooling") or _default_pooling(files)
+    if pooling not in POOLINGS:
+        raise ConfigError(f"{where('pooling')}: '{pooling}' is not one of {POOLINGS}")
+    max_length = _int(params, "max_sequence_length", _default_max_length(files), where)
+    if max_length < 2:
+        raise ConfigError(f"{where('max_sequence_length')}: must be >= 2, got {max_length}")
+    threshold = params.get("confidence_threshold")
+    problem = str(files.hf_config.get("problem_type", ""))
+    settings = TextSettings(
+        task=task,
+        max_length=max_length,
+        truncation=_bool(params, "truncation", True, where),
+        pooling=pooling,
+        normalize=_bool(params, "normalize", files.normalizes, where),
+        confidence_threshold=_float(threshold, where("confidence_threshold"))
+        if threshold
+        else None,
+        fallback_label=params.get("fallback_label", ""),
+        multi_label=_bool(params, "multi_label", problem == "multi_label_classification", where),
+        aggregation=aggregation,
+        stride=_int(params, "stride", min(128, max_length // 2), where),
+        max_answer_length=_int(params, "max_answer_length", 30, where),
+    )
+    if settings.confidence_threshold is not None and not settings.fallback_label:
+        raise ConfigError(f"{where('confidence_threshold')}: needs a fallback_label parameter too")
+    if settings.task == "question-answering" and not 0 <= settings.stride < max_length // 2:
+        raise ConfigError(
+            f"{where('stride')}: must be between 0 and half of max_sequence_length ({max_length})"
+        )
+    return settings
+
+
+def _default_task(files: ModelFiles) -> str:
+    task = files.manifest.get("task")
+    if isinstance(task, str) and task in TASKS:
+        return task
+    if files.is_sentence_transformer:
+        return "sentence-embeddings"
+    for architecture in files.hf_config.get("architectures") or []:
+        for suffix, name in _ARCHITECTURE_TASKS.items():
+            if str(architecture).endswith(suffix):
+                return name
+    return "feature-extraction"
+
+
+def _default_pooling(files: ModelFiles) -> str:
+    if files.pooling.get("pooling_mode_cls_token"):
+        return "cls"
+    return "mean"
+
+
+def _default_max_length(files: ModelFiles) -> int:
+    for value in (
+        files.sentence_bert.get("max_seq_length"),
+        files.tokenizer_config.get("model_max_length"),
+    ):
+        if isinstance(value, int) and value > 0:
+            return min(value, 512)
+    return 512
+
+
+def _int(params: Mapping[str, str], key: str, default: int, where: Where) -> int:
+    raw = params.get(key)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{where(key)}: must be an integer, got {raw!r}") from None
+
+
+def _float(raw: str, where: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{where}: must be a number, got {raw!r}") from None
+
+
+def _bool(params: Mapping[str, str], key: str, default: bool, where: Where) -> bool:
+    raw = params.get(key)
+    if not raw:
+        return default
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "no"):
+        return False
+    raise ConfigError(f"{where(key)}: must be true or false, got {raw!r}")

@@ -1,0 +1,120 @@
+"""Texts -> the model's token inputs, with what post-processing needs to map tokens back to text.
+
+One request's texts are encoded together (``encode_batch`` runs in Rust and releases the GIL;
+call ``encode`` from a worker thread) and padded to the request's own longest row; the batcher
+pads further to the batch's longest. Question answering splits a long context into overlapping
+windows, so one text can become several rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from tokenizers import Encoding, Tokenizer
+
+from ortserve.errors import InvalidInput
+
+Array = npt.NDArray[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """One request's texts as token arrays: ``rows`` rows of ``length`` tokens."""
+
+    feeds: dict[str, Array]
+    encodings: list[Encoding]  # one per row
+    row_text: list[int]  # the text each row came from (windows share a text)
+    texts: list[str]
+    pairs: list[str] | None
+    real_tokens: int  # tokens before padding
+
+    @property
+    def rows(self) -> int:
+        return len(self.encodings)
+
+    @property
+    def length(self) -> int:
+        return int(next(iter(self.feeds.values())).shape[1])
+
+
+class TextEncoder:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        model_inputs: Sequence[str],
+        input_dtype: np.dtype[Any],
+        max_length: int,
+        truncation: bool,
+        windows: bool = False,
+        stride: int = 0,
+    ) -> None:
+        # A private copy: truncation settings live on the tokenizer object.
+        self._tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        self._tokenizer.no_padding()
+        self._max_length = max_length
+        self._truncation = truncation or windows
+        self._windows = windows
+        if self._truncation:
+            self._tokenizer.enable_truncation(
+                max_length, stride=stride, strategy="only_second" if windows else "longest_first"
+            )
+        else:
+            self._tokenizer.no_truncation()
+        self._inputs = list(model_inputs)
+        self._dtype = input_dtype
+        self._pad_id = _pad_id(tokenizer)
+
+    @property
+    def pad_values(self) -> dict[str, int]:
+        return {"input_ids": self._pad_id}
+
+    def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> Encoded:
+        items: list[Any] = list(texts) if pairs is None else list(zip(texts, pairs, strict=True))
+        encodings = self._tokenizer.encode_batch(items)
+        rows: list[Encoding] = []
+        row_text: list[int] = []
+        for index, encoding in enumerate(encodings):
+            if not self._truncation and len(encoding.ids) > self._max_length:
+                raise InvalidInput(
+                    f"input 'TEXT': text {index} has {len(encoding.ids)} tokens, more than "
+                    f"max_sequence_length {self._max_length} (truncation is off for this model)"
+                )
+            parts = [encoding, *encoding.overflowing] if self._windows else [encoding]
+            rows.extend(parts)
+            row_text.extend([index] * len(parts))
+        return Encoded(
+            feeds=self._arrays(rows),
+            encodings=rows,
+            row_text=row_text,
+            texts=list(texts),
+            pairs=None if pairs is None else list(pairs),
+            real_tokens=sum(len(e.ids) for e in rows),
+        )
+
+    def _arrays(self, rows: Sequence[Encoding]) -> dict[str, Array]:
+        length = max(len(e.ids) for e in rows)
+        ids = np.full((len(rows), length), self._pad_id, dtype=self._dtype)
+        mask = np.zeros((len(rows), length), dtype=self._dtype)
+        types = np.zeros((len(rows), length), dtype=self._dtype)
+        for row, encoding in enumerate(rows):
+            n = len(encoding.ids)
+            ids[row, :n] = encoding.ids
+            mask[row, :n] = encoding.attention_mask
+            types[row, :n] = encoding.type_ids
+        available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {name: available[name] for name in self._inputs}
+
+
+def _pad_id(tokenizer: Tokenizer) -> int:
+    padding = tokenizer.padding
+    if padding and "pad_id" in padding:
+        return int(padding["pad_id"])
+    for token in ("[PAD]", "<pad>", "<|endoftext|>"):
+        found = tokenizer.token_to_id(token)
+        if found is not None:
+            return int(found)
+    return 0
