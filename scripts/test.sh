@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-venv.sh server,dev
+# The Node.js interop client (tests/interop): its packages, locked, in the folder; nothing global.
+npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

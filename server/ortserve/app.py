@@ -12,6 +12,7 @@ import structlog
 from ortserve.errors import OrtserveError
 from ortserve.inference import InferenceService
 from ortserve.observability.metrics import Metrics
+from ortserve.protocol.auth import TokenInterceptor, read_tokens
 from ortserve.protocol.health import Health, enable_reflection
 from ortserve.protocol.servicer import InferenceServicer
 from ortserve.protocol.status import ErrorInterceptor
@@ -34,6 +35,39 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+async def _shut_down(
+    settings: ServeSettings,
+    server: grpc.aio.Server,
+    servicer: InferenceServicer,
+    inference: InferenceService,
+    health: Health,
+    watcher: RepositoryWatcher | None,
+    registry: ModelRegistry,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """In order: say NOT_SERVING, keep serving for the drain delay (load balancers move away),
+    refuse new requests with UNAVAILABLE (retried elsewhere), let admitted ones finish within the
+    grace period, stop the server, close the sessions. A second signal stops at once."""
+    log.info("stopping", drain_seconds=settings.drain_seconds, grace_seconds=settings.grace_seconds)
+    servicer.ready = False
+    await health.set_server(False)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop(0)))
+    if watcher is not None:
+        await watcher.aclose()
+    if settings.drain_seconds > 0:
+        await asyncio.sleep(settings.drain_seconds)
+    inference.close_admission()
+    deadline = loop.time() + settings.grace_seconds
+    try:
+        async with asyncio.timeout(settings.grace_seconds):
+            await inference.wait_idle()
+    except TimeoutError:
+        log.warning("requests still running after the grace period; stopping anyway")
+    await server.stop(max(deadline - loop.time(), 0.0) + 0.5)
+    await registry.close()
+
+
 def _control_hint(settings: ServeSettings) -> str | None:
     if settings.model_control_mode == "explicit" or settings.enable_repository_control:
         return None
@@ -45,8 +79,12 @@ def _control_hint(settings: ServeSettings) -> str | None:
 
 def _build_server(settings: ServeSettings, servicer: InferenceServicer) -> grpc.aio.Server:
     limit = settings.max_message_bytes
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if settings.auth_token_file is not None:
+        interceptors.append(TokenInterceptor(read_tokens(settings.auth_token_file)))
+    interceptors.append(ErrorInterceptor())
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
@@ -56,6 +94,21 @@ def _build_server(settings: ServeSettings, servicer: InferenceServicer) -> grpc.
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     enable_reflection(server)
     return server
+
+
+def _server_credentials(settings: ServeSettings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert is None and settings.tls_key is None:
+        if settings.tls_client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 async def _load_initial(settings: ServeSettings, registry: ModelRegistry) -> None:
@@ -79,13 +132,21 @@ async def serve(settings: ServeSettings) -> int:
     registry = ModelRegistry(root, settings.default_max_batch_size, metrics, tracker)
     inference = InferenceService(registry, metrics)
     servicer = InferenceServicer(registry, inference, version(), _control_hint(settings))
-    server = _build_server(settings, servicer)
+    try:
+        server = _build_server(settings, servicer)
+    except (OSError, ValueError) as exc:  # e.g. an unreadable or empty token file
+        log.error("cannot start", error=str(exc))
+        return 2
     health = Health(server)
     registry.on_state_change(health.model_changed)
     address = _address(settings.host, settings.grpc_port)
     try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as exc:
+        credentials = _server_credentials(settings)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except (RuntimeError, OSError, ValueError) as exc:
         log.error("cannot listen", address=address, error=str(exc))
         return 2
     metrics_port = None
@@ -102,6 +163,9 @@ async def serve(settings: ServeSettings) -> int:
         address=_address(settings.host, port),
         grpc_port=port,
         metrics_port=metrics_port,
+        tls=settings.tls_cert is not None,
+        mtls=settings.tls_client_ca is not None,
+        auth=settings.auth_token_file is not None,
     )
 
     stop = asyncio.Event()
@@ -110,6 +174,7 @@ async def serve(settings: ServeSettings) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     await _load_initial(settings, registry)
+    registry.started = True
     watcher = None
     if settings.model_control_mode == "poll":
         watcher = RepositoryWatcher(root, tracker, registry.sync, settings.watch_polling)
@@ -120,14 +185,6 @@ async def serve(settings: ServeSettings) -> int:
     log.info("ready", models=registry.names(), model_control_mode=settings.model_control_mode)
 
     await stop.wait()
-    log.info("stopping", grace_seconds=settings.grace_seconds)
-    servicer.ready = False
-    await health.set_server(False)
-    for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal stops at once
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop(0)))
-    if watcher is not None:
-        await watcher.aclose()
-    await server.stop(settings.grace_seconds)
-    await registry.close()
+    await _shut_down(settings, server, servicer, inference, health, watcher, registry, loop)
     log.info("stopped")
     return 0

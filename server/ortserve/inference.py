@@ -14,7 +14,7 @@ from typing import Any
 import numpy.typing as npt
 
 from ortserve.datatypes import CONFIG_TO_WIRE
-from ortserve.errors import InvalidInput, OrtserveError
+from ortserve.errors import InvalidInput, ModelNotReady, OrtserveError
 from ortserve.observability.metrics import Metrics, reason_label
 from ortserve.registry.registry import ModelRegistry
 from ortserve.registry.versions import ServedVersion
@@ -58,8 +58,32 @@ class InferenceService:
     def __init__(self, registry: ModelRegistry, metrics: Metrics | None = None) -> None:
         self._registry = registry
         self._metrics = metrics
+        self._closing = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def close_admission(self) -> None:
+        """From now on, new requests get UNAVAILABLE (clients retry them elsewhere)."""
+        self._closing = True
+
+    async def wait_idle(self) -> None:
+        """Until every admitted request has been answered."""
+        await self._idle.wait()
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        if self._closing:
+            raise ModelNotReady("the server is shutting down; send the request to another replica")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._infer(request)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _infer(self, request: InferRequest) -> InferResponse:
         started = time.perf_counter_ns()
         served: ServedVersion | None = None
         try:

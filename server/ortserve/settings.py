@@ -31,6 +31,11 @@ class ServeSettings:
     default_max_batch_size: int = 32
     max_message_bytes: int = 2**31 - 1
     grace_seconds: float = 5.0
+    drain_seconds: float = 0.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    auth_token_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +83,20 @@ _FLAGS: dict[str, _Flag] = {
         int,
     ),
     "max_message_bytes": _Flag("largest gRPC message accepted or sent, in bytes", int),
-    "grace_seconds": _Flag("on SIGTERM/SIGINT, how long in-flight requests may finish", float),
+    "grace_seconds": _Flag(
+        "on SIGTERM/SIGINT, how long admitted requests may take to finish", float
+    ),
+    "drain_seconds": _Flag(
+        "on SIGTERM/SIGINT, how long to keep serving after health turns NOT_SERVING, so that "
+        "load balancers stop routing first (e.g. 5 behind Kubernetes)",
+        float,
+    ),
+    "tls_cert": _Flag("PEM certificate chain: serve TLS (with --tls-key)", Path),
+    "tls_key": _Flag("PEM private key of --tls-cert", Path),
+    "tls_client_ca": _Flag("PEM CA bundle: require client certificates signed by it (mTLS)", Path),
+    "auth_token_file": _Flag(
+        "file with the bearer token(s) callers must send (one a line); health stays open", Path
+    ),
 }
 
 _TRUE = ("1", "true", "yes", "on")

@@ -254,13 +254,17 @@ def test_every_rpc_answers_bad_input_with_a_clear_status(
     assert "internal error" not in details
 
 
-def test_stream_infer_is_unimplemented_with_a_message(
-    stub: pb_grpc.GRPCInferenceServiceStub,
-) -> None:
-    responses = stub.ModelStreamInfer(iter([pb.ModelInferRequest(model_name="add")]), timeout=10)
-    code, details = _code(lambda: list(responses))
-    assert code == grpc.StatusCode.UNIMPLEMENTED
-    assert "ModelStreamInfer" in details
+def test_stream_infer_answers_each_request(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    good = _raw_request("add", "x", "FP32", [1, 4], np.zeros((1, 4), np.float32).tobytes())
+    good.id = "good"
+    bad = pb.ModelInferRequest(model_name="add", id="bad")
+    answers = list(stub.ModelStreamInfer(iter([good, bad, good]), timeout=10))
+    assert len(answers) == 3
+    errors = [a for a in answers if a.error_message]
+    assert len(errors) == 1
+    assert errors[0].error_message.startswith("[INVALID_ARGUMENT] ")
+    assert errors[0].infer_response.id == "bad"
+    assert sum(a.infer_response.id == "good" for a in answers if not a.error_message) == 2
 
 
 def test_unknown_model_name_in_infer_names_the_model(

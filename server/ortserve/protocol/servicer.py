@@ -5,6 +5,7 @@ Errors are not handled here: protocol/status.py's interceptor maps every domain 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,7 @@ import grpc
 from ortserve.errors import Disabled, InvalidInput, Unsupported
 from ortserve.inference import InferenceService
 from ortserve.protocol import codec, metadata
+from ortserve.protocol.status import describe
 from ortserve.registry.registry import ModelRegistry
 from ortserve_client._proto import grpc_service_pb2 as pb
 from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
@@ -26,6 +28,8 @@ EXTENSIONS: tuple[str, ...] = (
     "schedule_policy",
     "statistics",
 )
+_STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+
 #: Added when repository control (load/unload over gRPC) is switched on.
 REPOSITORY_EXTENSIONS: tuple[str, ...] = ("model_repository", "model_repository(unload_dependents)")
 
@@ -83,8 +87,40 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        raise Unsupported("ModelStreamInfer is not offered yet; use ModelInfer")
-        yield pb.ModelStreamInferResponse()  # pragma: no cover - makes this an async generator
+        """Requests run concurrently; answers come back as they complete, each carrying its
+        request's id. A failed request answers with ``error_message`` ("[CODE] message") and the
+        stream goes on."""
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def one(request: pb.ModelInferRequest) -> None:
+            try:
+                answer = pb.ModelStreamInferResponse(
+                    infer_response=await self.ModelInfer(request, context)
+                )
+            except Exception as exc:  # each request's failure is its own answer
+                code, message = describe(exc, _STREAM)
+                answer = pb.ModelStreamInferResponse(error_message=f"[{code.name}] {message}")
+                answer.infer_response.model_name = request.model_name
+                answer.infer_response.id = request.id
+            answers.put_nowait(answer)
+
+        async def read() -> None:
+            async for request in request_iterator:
+                task = asyncio.ensure_future(one(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            await asyncio.gather(*list(running))
+            answers.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+            await reader
+        finally:
+            for task in (reader, *running):
+                task.cancel()
 
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: Context

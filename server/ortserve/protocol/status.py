@@ -40,16 +40,20 @@ def status_for(exc: errors.OrtserveError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception, method: str) -> None:
+def describe(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status and message a caller gets for ``exc`` (a bug is logged with an error id)."""
     if isinstance(exc, errors.OrtserveError):
         code = status_for(exc)
         log.debug("request refused", method=method, code=code.name, reason=str(exc))
-        await context.abort(code, str(exc))
+        return code, str(exc)
     error_id = uuid.uuid4().hex[:12]
     log.error("unexpected error", method=method, error_id=error_id, exc_info=exc)
-    await context.abort(
-        grpc.StatusCode.INTERNAL, f"internal error (error id {error_id}; see the server log)"
-    )
+    return grpc.StatusCode.INTERNAL, f"internal error (error id {error_id}; see the server log)"
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception, method: str) -> None:
+    code, message = describe(exc, method)
+    await context.abort(code, message)
 
 
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]

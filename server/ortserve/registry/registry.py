@@ -106,6 +106,7 @@ class ModelRegistry:
         self._models: dict[str, ModelEntry] = {}
         self._listeners: list[StateListener] = []
         self._drains: set[asyncio.Task[None]] = set()
+        self.started = False  # set once the initial loading is done
 
     def on_state_change(self, listener: StateListener) -> None:
         self._listeners.append(listener)
@@ -306,7 +307,7 @@ class ModelRegistry:
         entry = self._models[name]
         if not entry.versions:
             why = self._why(entry) or "nothing to serve"
-            raise ModelNotReady(f"model '{name}' did not load: {why}")
+            raise ModelLoadError(f"model '{name}' did not load: {why}")
 
     async def unload(self, name: str) -> None:
         entry = self.entry(name)
@@ -351,6 +352,8 @@ class ModelRegistry:
         entry = self._models.get(name)
         if entry is None:
             check_model_name(name)
+            if not self.started:  # it may be in the repository, not loaded yet: try again
+                raise ModelNotReady(f"the server is still loading its models ('{name}')")
             raise ModelNotFound(f"unknown model '{name}'")
         return entry
 

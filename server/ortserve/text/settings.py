@@ -12,7 +12,7 @@
 - ``confidence_threshold`` with ``fallback_label``: below the threshold, the fallback label.
 - ``multi_label``: sigmoid per label instead of softmax. Default: config.json ``problem_type``.
 - ``aggregation``: none, simple, first or max (entities). Default simple.
-- ``stride`` (default 128, capped below half a window) and ``max_answer_length`` (default 30):
+- ``stride`` (default 128, at most a quarter of the window) and ``max_answer_length`` (default 30):
   question answering.
 """
 
@@ -96,7 +96,7 @@ def text_settings(params: Mapping[str, str], files: ModelFiles, source: str) -> 
         fallback_label=params.get("fallback_label", ""),
         multi_label=_bool(params, "multi_label", problem == "multi_label_classification", where),
         aggregation=aggregation,
-        stride=_int(params, "stride", min(128, max_length // 2), where),
+        stride=_int(params, "stride", min(128, max_length // 4), where),
         max_answer_length=_int(params, "max_answer_length", 30, where),
     )
     if settings.confidence_threshold is not None and not settings.fallback_label:

@@ -74,7 +74,10 @@ class TextEncoder:
 
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> Encoded:
         items: list[Any] = list(texts) if pairs is None else list(zip(texts, pairs, strict=True))
-        encodings = self._tokenizer.encode_batch(items)
+        try:
+            encodings = self._tokenizer.encode_batch(items)
+        except Exception as exc:  # tokenizers refuses e.g. a question longer than the window
+            raise InvalidInput(f"input 'TEXT': the tokenizer refused it: {exc}") from None
         rows: list[Encoding] = []
         row_text: list[int] = []
         for index, encoding in enumerate(encodings):

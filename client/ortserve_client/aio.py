@@ -1,0 +1,265 @@
+"""The asyncio client: the same calls as ``Client``, awaited."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from ortserve_client import _calls, tasks
+from ortserve_client._base import (
+    Array,
+    InferResult,
+    Inputs,
+    ModelSignature,
+    Parameters,
+    channel_settings,
+)
+from ortserve_client._proto import grpc_service_pb2 as pb
+from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
+from ortserve_client._proto import model_config_pb2 as mc
+from ortserve_client.errors import InferenceServerError, from_rpc_error
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """``Client`` for asyncio; same arguments, every call awaited.
+
+    Example::
+
+        import asyncio
+        import numpy as np
+        from ortserve_client import AsyncClient
+
+        async def main() -> None:
+            async with AsyncClient("127.0.0.1:8001") as client:
+                result = await client.infer("add", {"x": np.ones((1, 4), np.float32)})
+                print(result["y"])
+
+        asyncio.run(main())
+    """
+
+    def __init__(
+        self,
+        targets: str | Sequence[str],
+        *,
+        timeout: float | None = 30.0,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
+        retries: int = 4,
+        keepalive_s: float | None = 30.0,
+        validate: bool = True,
+        wait_for_ready: bool = False,
+    ) -> None:
+        settings = channel_settings(
+            targets, tls=tls, root_certificates=root_certificates,
+            certificate_chain=certificate_chain, private_key=private_key, token=token,
+            retries=retries, keepalive_s=keepalive_s, server_name=server_name,
+        )  # fmt: skip
+        if settings.credentials is None:
+            self._channel = grpc.aio.insecure_channel(settings.target, options=settings.options)
+        else:
+            self._channel = grpc.aio.secure_channel(
+                settings.target, settings.credentials, options=settings.options
+            )
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._metadata = settings.metadata
+        self._timeout = timeout
+        self._validate = validate
+        self._wait_for_ready = wait_for_ready
+        self._signatures: dict[tuple[str, str], ModelSignature] = {}
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, call: _calls.Call[T], timeout: float | None) -> T:
+        method = getattr(self._stub, call.rpc)
+        try:
+            response = await method(
+                call.request,
+                timeout=timeout or self._timeout,
+                metadata=self._metadata,
+                wait_for_ready=self._wait_for_ready,
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, call.model) from None
+        return call.parse(response)
+
+    async def live(self, *, timeout: float | None = None) -> bool:
+        """Whether the server is live. ``await client.live()``"""
+        return await self._call(_calls.live(), timeout)
+
+    async def ready(self, *, timeout: float | None = None) -> bool:
+        """Whether the server is ready. ``await client.ready()``"""
+        return await self._call(_calls.ready(), timeout)
+
+    async def model_ready(
+        self, model: str, version: str | None = None, *, timeout: float | None = None
+    ) -> bool:
+        """Whether a model (version) is ready. ``await client.model_ready("add")``"""
+        return await self._call(_calls.model_ready(model, version), timeout)
+
+    async def server_metadata(self, *, timeout: float | None = None) -> pb.ServerMetadataResponse:
+        """Name, version, extensions. ``(await client.server_metadata()).extensions``"""
+        return await self._call(_calls.server_metadata(), timeout)
+
+    async def model_metadata(
+        self, model: str, version: str | None = None, *, timeout: float | None = None
+    ) -> pb.ModelMetadataResponse:
+        """Inputs, outputs, versions. ``(await client.model_metadata("add")).inputs``"""
+        return await self._call(_calls.model_metadata(model, version), timeout)
+
+    async def model_config(
+        self, model: str, version: str | None = None, *, timeout: float | None = None
+    ) -> mc.ModelConfig:
+        """The model's config. ``(await client.model_config("add")).max_batch_size``"""
+        return await self._call(_calls.model_config(model, version), timeout)
+
+    async def repository_index(
+        self, *, ready_only: bool = False, timeout: float | None = None
+    ) -> list[pb.RepositoryIndexResponse.ModelIndex]:
+        """Every model folder with state and reason. ``await client.repository_index()``"""
+        return await self._call(_calls.repository_index(ready_only), timeout)
+
+    async def load_model(
+        self,
+        model: str,
+        *,
+        config: Mapping[str, Any] | str | None = None,
+        files: Mapping[str, bytes] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Load or reload a model. ``await client.load_model("add")``"""
+        self._signatures.pop((model, ""), None)
+        await self._call(_calls.load_model(model, config, files), timeout)
+
+    async def unload_model(
+        self, model: str, *, unload_dependents: bool = False, timeout: float | None = None
+    ) -> None:
+        """Drain and unload a model. ``await client.unload_model("add")``"""
+        await self._call(_calls.unload_model(model, unload_dependents), timeout)
+
+    async def statistics(
+        self, model: str = "", version: str | None = None, *, timeout: float | None = None
+    ) -> pb.ModelStatisticsResponse:
+        """Triton-style statistics. ``(await client.statistics("add")).model_stats``"""
+        return await self._call(_calls.statistics(model, version), timeout)
+
+    async def _signature(
+        self, model: str, version: str | None, timeout: float | None
+    ) -> ModelSignature | None:
+        if not self._validate:
+            return None
+        key = (model, version or "")
+        if key not in self._signatures:
+            meta = await self.model_metadata(model, version, timeout=timeout)
+            self._signatures[key] = ModelSignature.from_metadata(meta)
+        return self._signatures[key]
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Inputs,
+        *,
+        version: str | None = None,
+        outputs: Sequence[str] | None = None,
+        timeout: float | None = None,
+        priority: int | None = None,
+        request_id: str | None = None,
+        parameters: Parameters | None = None,
+        queue_timeout_us: int | None = None,
+        class_counts: Mapping[str, int] | None = None,
+        as_str: bool = False,
+    ) -> InferResult:
+        """Run a model (see ``Client.infer``). ``(await client.infer("add", {"x": x}))["y"]``"""
+        options = _calls.InferOptions(
+            version,
+            outputs,
+            priority,
+            request_id,
+            parameters,
+            queue_timeout_us,
+            class_counts,
+            as_str,
+        )
+        signature = await self._signature(model, version, timeout)
+        request = _calls.infer_request(model, inputs, options, signature)
+        try:
+            return await self._call(_calls.infer(request, as_str), timeout)
+        except InferenceServerError as exc:
+            if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+                self._signatures.pop((model, version or ""), None)
+            raise
+
+    async def stream_infer(
+        self,
+        requests: Iterable[tuple[str, Inputs]] | AsyncIterable[tuple[str, Inputs]],
+        *,
+        timeout: float | None = None,
+        as_str: bool = False,
+    ) -> AsyncIterator[InferResult | InferenceServerError]:
+        """ModelStreamInfer: results as they complete; a failed request yields its error and
+        the stream goes on. ``async for r in client.stream_infer(requests): ...``"""
+
+        async def messages() -> AsyncIterator[pb.ModelInferRequest]:
+            if isinstance(requests, AsyncIterable):
+                async for model, inputs in requests:
+                    yield _calls.infer_request(model, inputs, _calls.InferOptions(), None)
+            else:
+                for model, inputs in requests:
+                    yield _calls.infer_request(model, inputs, _calls.InferOptions(), None)
+
+        call = self._stub.ModelStreamInfer(
+            messages(),
+            timeout=timeout or self._timeout,
+            metadata=self._metadata,
+            wait_for_ready=self._wait_for_ready,
+        )
+        try:
+            async for response in call:
+                yield _calls.stream_result(response, as_str)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    async def classify(
+        self, model: str, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw: Any
+    ) -> list[tasks.Classification]:
+        """Label texts. ``(await client.classify("sentiment", ["great"]))[0].label``"""
+        inputs = tasks.text_inputs(texts, pairs)
+        return tasks.classifications(
+            await self.infer(model, inputs, outputs=tasks.CLASSIFY_OUTPUTS, **kw)
+        )
+
+    async def embed(self, model: str, texts: Sequence[str], **kw: Any) -> Array:
+        """Sentence embeddings. ``(await client.embed("minilm", ["hi"])).shape``"""
+        inputs = tasks.text_inputs(texts)
+        return tasks.embeddings(await self.infer(model, inputs, outputs=tasks.EMBED_OUTPUTS, **kw))
+
+    async def extract_entities(
+        self, model: str, texts: Sequence[str], **kw: Any
+    ) -> list[list[tasks.Entity]]:
+        """Named entities. ``(await client.extract_entities("ner", ["Alice"]))[0]``"""
+        inputs = tasks.text_inputs(texts)
+        return tasks.entities(await self.infer(model, inputs, outputs=tasks.ENTITY_OUTPUTS, **kw))
+
+    async def answer(
+        self, model: str, questions: Sequence[str], contexts: Sequence[str], **kw: Any
+    ) -> list[tasks.Answer]:
+        """Answer spans. ``(await client.answer("qa", ["who?"], ["Alice did."]))[0].text``"""
+        inputs = tasks.text_inputs(questions, contexts)
+        return tasks.answers(await self.infer(model, inputs, outputs=tasks.ANSWER_OUTPUTS, **kw))

@@ -1,0 +1,283 @@
+"""The synchronous client. ``AsyncClient`` (aio.py) offers the same calls for asyncio."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from ortserve_client import _calls, tasks
+from ortserve_client._base import (
+    Array,
+    InferResult,
+    Inputs,
+    ModelSignature,
+    Parameters,
+    channel_settings,
+)
+from ortserve_client._proto import grpc_service_pb2 as pb
+from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
+from ortserve_client._proto import model_config_pb2 as mc
+from ortserve_client.errors import InferenceServerError, from_rpc_error
+
+T = TypeVar("T")
+
+
+class Client:
+    """A client for any server speaking the KServe v2 / Triton gRPC API.
+
+    ``targets``: ``"host:8001"``, or several (``["h1:8001", "h2:8001"]``) balanced by gRPC's own
+    round_robin policy. UNAVAILABLE is retried with backoff (``retries``, at most 4: gRPC's cap);
+    ``wait_for_ready=True`` makes a call wait out a server that is down (a restart) within its
+    deadline instead of failing. ``timeout`` is the default deadline of every call, in seconds;
+    each call can set its own. ``validate`` checks inputs against the model's metadata (fetched
+    once per model) before sending. TLS: ``tls=True``
+    (system roots) or ``root_certificates``; mTLS adds ``certificate_chain`` and ``private_key``.
+    ``token`` is sent as ``authorization: Bearer <token>``.
+
+    Example::
+
+        import numpy as np
+        from ortserve_client import Client
+
+        with Client("127.0.0.1:8001", timeout=10) as client:
+            result = client.infer("add", {"x": np.ones((1, 4), np.float32)})
+            print(result["y"], result.model_version)
+    """
+
+    def __init__(
+        self,
+        targets: str | Sequence[str],
+        *,
+        timeout: float | None = 30.0,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
+        retries: int = 4,
+        keepalive_s: float | None = 30.0,
+        validate: bool = True,
+        wait_for_ready: bool = False,
+    ) -> None:
+        settings = channel_settings(
+            targets, tls=tls, root_certificates=root_certificates,
+            certificate_chain=certificate_chain, private_key=private_key, token=token,
+            retries=retries, keepalive_s=keepalive_s, server_name=server_name,
+        )  # fmt: skip
+        if settings.credentials is None:
+            self._channel = grpc.insecure_channel(settings.target, options=settings.options)
+        else:
+            self._channel = grpc.secure_channel(
+                settings.target, settings.credentials, options=settings.options
+            )
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._metadata = settings.metadata
+        self._timeout = timeout
+        self._validate = validate
+        self._wait_for_ready = wait_for_ready
+        self._signatures: dict[tuple[str, str], ModelSignature] = {}
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, call: _calls.Call[T], timeout: float | None) -> T:
+        method = getattr(self._stub, call.rpc)
+        try:
+            response = method(
+                call.request,
+                timeout=timeout or self._timeout,
+                metadata=self._metadata,
+                wait_for_ready=self._wait_for_ready,
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, call.model) from None
+        return call.parse(response)
+
+    # -- server and model calls ----------------------------------------------------------------
+
+    def live(self, *, timeout: float | None = None) -> bool:
+        """Whether the server is live. ``client.live()`` -> True"""
+        return self._call(_calls.live(), timeout)
+
+    def ready(self, *, timeout: float | None = None) -> bool:
+        """Whether the server is ready to serve. ``client.ready()`` -> True"""
+        return self._call(_calls.ready(), timeout)
+
+    def model_ready(
+        self, model: str, version: str | None = None, *, timeout: float | None = None
+    ) -> bool:
+        """Whether a model (version) is ready. ``client.model_ready("add")`` -> True"""
+        return self._call(_calls.model_ready(model, version), timeout)
+
+    def server_metadata(self, *, timeout: float | None = None) -> pb.ServerMetadataResponse:
+        """Name, version and extensions. ``client.server_metadata().extensions``"""
+        return self._call(_calls.server_metadata(), timeout)
+
+    def model_metadata(
+        self, model: str, version: str | None = None, *, timeout: float | None = None
+    ) -> pb.ModelMetadataResponse:
+        """Inputs, outputs and versions. ``client.model_metadata("add").inputs[0].shape``"""
+        return self._call(_calls.model_metadata(model, version), timeout)
+
+    def model_config(
+        self, model: str, version: str | None = None, *, timeout: float | None = None
+    ) -> mc.ModelConfig:
+        """The model's (completed) Triton config. ``client.model_config("add").max_batch_size``"""
+        return self._call(_calls.model_config(model, version), timeout)
+
+    def repository_index(
+        self, *, ready_only: bool = False, timeout: float | None = None
+    ) -> list[pb.RepositoryIndexResponse.ModelIndex]:
+        """Model folders with state and reason. ``[m.name for m in client.repository_index()]``"""
+        return self._call(_calls.repository_index(ready_only), timeout)
+
+    def load_model(
+        self,
+        model: str,
+        *,
+        config: Mapping[str, Any] | str | None = None,
+        files: Mapping[str, bytes] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Load or reload a model; ``config`` overrides its config, ``files`` maps
+        ``"<version>/<name>"`` to bytes.
+
+        ``client.load_model("add", config={"max_batch_size": 8})``"""
+        self._signatures.pop((model, ""), None)
+        self._call(_calls.load_model(model, config, files), timeout)
+
+    def unload_model(
+        self, model: str, *, unload_dependents: bool = False, timeout: float | None = None
+    ) -> None:
+        """Drain and unload a model. ``client.unload_model("add")``"""
+        self._call(_calls.unload_model(model, unload_dependents), timeout)
+
+    def statistics(
+        self, model: str = "", version: str | None = None, *, timeout: float | None = None
+    ) -> pb.ModelStatisticsResponse:
+        """Triton-style statistics. ``client.statistics("add").model_stats[0].inference_count``"""
+        return self._call(_calls.statistics(model, version), timeout)
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def _signature(
+        self, model: str, version: str | None, timeout: float | None
+    ) -> ModelSignature | None:
+        if not self._validate:
+            return None
+        key = (model, version or "")
+        if key not in self._signatures:
+            meta = self.model_metadata(model, version, timeout=timeout)
+            self._signatures[key] = ModelSignature.from_metadata(meta)
+        return self._signatures[key]
+
+    def infer(
+        self,
+        model: str,
+        inputs: Inputs,
+        *,
+        version: str | None = None,
+        outputs: Sequence[str] | None = None,
+        timeout: float | None = None,
+        priority: int | None = None,
+        request_id: str | None = None,
+        parameters: Parameters | None = None,
+        queue_timeout_us: int | None = None,
+        class_counts: Mapping[str, int] | None = None,
+        as_str: bool = False,
+    ) -> InferResult:
+        """Run a model. Inputs are numpy arrays (or lists of texts, sent as BYTES ``[n, 1]``),
+        checked against the model's metadata before sending.
+
+        ``client.infer("add", {"x": np.ones((2, 4), np.float32)})["y"]``
+        """
+        options = _calls.InferOptions(
+            version,
+            outputs,
+            priority,
+            request_id,
+            parameters,
+            queue_timeout_us,
+            class_counts,
+            as_str,
+        )
+        request = _calls.infer_request(
+            model, inputs, options, self._signature(model, version, timeout)
+        )
+        try:
+            return self._call(_calls.infer(request, as_str), timeout)
+        except InferenceServerError as exc:
+            if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
+                self._signatures.pop((model, version or ""), None)  # a new version may differ
+            raise
+
+    def stream_infer(
+        self,
+        requests: Iterable[tuple[str, Inputs]],
+        *,
+        timeout: float | None = None,
+        as_str: bool = False,
+    ) -> Iterator[InferResult | InferenceServerError]:
+        """Bidirectional ModelStreamInfer: one result per request, as they complete; a failed
+        request yields its error and the stream goes on.
+
+        ``for r in client.stream_infer([("add", {"x": x1}), ("add", {"x": x2})]): ...``
+        """
+        messages = (
+            _calls.infer_request(model, inputs, _calls.InferOptions(), None)
+            for model, inputs in requests
+        )
+        try:
+            for response in self._stub.ModelStreamInfer(
+                messages,
+                timeout=timeout or self._timeout,
+                metadata=self._metadata,
+                wait_for_ready=self._wait_for_ready,
+            ):
+                yield _calls.stream_result(response, as_str)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    # -- text tasks ----------------------------------------------------------------------------
+
+    def classify(
+        self, model: str, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw: Any
+    ) -> list[tasks.Classification]:
+        """Label texts. ``client.classify("sentiment", ["great film"])[0].label``"""
+        result = self.infer(
+            model, tasks.text_inputs(texts, pairs), outputs=tasks.CLASSIFY_OUTPUTS, **kw
+        )
+        return tasks.classifications(result)
+
+    def embed(self, model: str, texts: Sequence[str], **kw: Any) -> Array:
+        """Sentence embeddings, one row per text. ``client.embed("minilm", ["hi"]).shape``"""
+        return tasks.embeddings(
+            self.infer(model, tasks.text_inputs(texts), outputs=tasks.EMBED_OUTPUTS, **kw)
+        )
+
+    def extract_entities(
+        self, model: str, texts: Sequence[str], **kw: Any
+    ) -> list[list[tasks.Entity]]:
+        """Named entities per text. ``client.extract_entities("ner", ["Alice in Paris"])[0]``"""
+        return tasks.entities(
+            self.infer(model, tasks.text_inputs(texts), outputs=tasks.ENTITY_OUTPUTS, **kw)
+        )
+
+    def answer(
+        self, model: str, questions: Sequence[str], contexts: Sequence[str], **kw: Any
+    ) -> list[tasks.Answer]:
+        """Answer spans. ``client.answer("qa", ["who?"], ["Alice did."])[0].text``"""
+        inputs = tasks.text_inputs(questions, contexts)
+        return tasks.answers(self.infer(model, inputs, outputs=tasks.ANSWER_OUTPUTS, **kw))
