@@ -70,6 +70,8 @@ _CONTENTS_FIELD: Final[dict[str, str]] = {
 }
 
 _LEN = struct.Struct("<I")
+#: More elements than a 2 GiB message could carry is a malformed shape, whatever the payload.
+MAX_ELEMENTS = 2**31
 
 
 def datatype_of(array: npt.NDArray[Any]) -> str:
@@ -111,6 +113,11 @@ def serialize_bytes(array: npt.NDArray[Any]) -> bytes:
 
 def deserialize_bytes(name: str, raw: bytes, count: int) -> npt.NDArray[np.object_]:
     """Split length-prefixed BYTES contents into exactly ``count`` elements."""
+    if count * 4 > len(raw):  # every element has a 4-byte prefix: refuse before allocating
+        raise TensorError(
+            f"input '{name}': {count} BYTES elements need at least {count * 4} bytes of length "
+            f"prefixes, got {len(raw)} bytes"
+        )
     out = np.empty(count, dtype=np.object_)
     view = memoryview(raw)
     offset = 0
@@ -205,6 +212,10 @@ def decode_request_inputs(request: pb.ModelInferRequest) -> list[DecodedTensor]:
         shape = list(tensor.shape)
         if any(dim < 0 for dim in shape):
             raise TensorError(f"input '{name}': shape {shape} has a negative dimension")
+        if element_count([dim for dim in shape if dim]) > MAX_ELEMENTS:  # zeros hide nothing
+            raise TensorError(
+                f"input '{name}': shape {shape} declares more than {MAX_ELEMENTS} elements"
+            )
         has_contents = tensor.HasField("contents")
         if raw and has_contents:
             raise TensorError(

@@ -66,6 +66,7 @@ async def _shut_down(
         log.warning("requests still running after the grace period; stopping anyway")
     await server.stop(max(deadline - loop.time(), 0.0) + 0.5)
     await registry.close()
+    log.info("requests", admitted=inference.admitted, answered=inference.answered)
 
 
 def _control_hint(settings: ServeSettings) -> str | None:
@@ -85,6 +86,7 @@ def _build_server(settings: ServeSettings, servicer: InferenceServicer) -> grpc.
     interceptors.append(ErrorInterceptor())
     server = grpc.aio.server(
         interceptors=interceptors,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),

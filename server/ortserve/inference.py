@@ -59,6 +59,8 @@ class InferenceService:
         self._registry = registry
         self._metrics = metrics
         self._closing = False
+        self.admitted = 0  # requests taken in; each is answered (result or error) exactly once
+        self.answered = 0
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -75,10 +77,12 @@ class InferenceService:
         if self._closing:
             raise ModelNotReady("the server is shutting down; send the request to another replica")
         self._in_flight += 1
+        self.admitted += 1
         self._idle.clear()
         try:
             return await self._infer(request)
         finally:
+            self.answered += 1
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()

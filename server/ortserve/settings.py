@@ -30,6 +30,7 @@ class ServeSettings:
     watch_polling: bool = False
     default_max_batch_size: int = 32
     max_message_bytes: int = 2**31 - 1
+    max_concurrent_rpcs: int = 0
     grace_seconds: float = 5.0
     drain_seconds: float = 0.0
     tls_cert: Path | None = None
@@ -83,6 +84,9 @@ _FLAGS: dict[str, _Flag] = {
         int,
     ),
     "max_message_bytes": _Flag("largest gRPC message accepted or sent, in bytes", int),
+    "max_concurrent_rpcs": _Flag(
+        "most RPCs in progress at once; more get RESOURCE_EXHAUSTED from gRPC (0 = no limit)", int
+    ),
     "grace_seconds": _Flag(
         "on SIGTERM/SIGINT, how long admitted requests may take to finish", float
     ),

@@ -123,8 +123,12 @@ WIRE_ERRORS: dict[str, tuple[Callable[[], pb.ModelInferRequest], list[str]]] = {
     ),
     "mixed_forms": (lambda: _mixed(), ["input 'x'", "both as contents and raw_input_contents"]),
     "truncated_prefix": (
-        lambda: _raw_request("bytes", "in_BYTES", "BYTES", [1, 3], struct.pack("<I", 1) + b"a\x01"),
+        lambda: _raw_request("bytes", "in_BYTES", "BYTES", [1, 2], struct.pack("<I", 1) + b"abcd"),
         ["input 'in_BYTES'", "length prefix is missing"],
+    ),
+    "too_few_prefixes": (
+        lambda: _raw_request("bytes", "in_BYTES", "BYTES", [1, 3], struct.pack("<I", 1) + b"a\x01"),
+        ["input 'in_BYTES'", "3 BYTES elements need at least 12 bytes"],
     ),
     "overlong_element": (
         lambda: _raw_request("bytes", "in_BYTES", "BYTES", [1, 1], struct.pack("<I", 99) + b"ab"),
@@ -147,7 +151,7 @@ WIRE_ERRORS: dict[str, tuple[Callable[[], pb.ModelInferRequest], list[str]]] = {
     ),
     "huge_shape_tiny_payload": (
         lambda: _raw_request("add", "x", "FP32", [2**40, 4], bytes(16)),
-        ["input 'x'", "expected", "got 16"],
+        ["input 'x'", "declares more than 2147483648 elements"],
     ),
 }
 

@@ -8,6 +8,9 @@
 - ``ortserve_compute_duration_seconds{model}``: input stacking + session run + output split.
 - ``ortserve_batch_size{model}``: rows per executed batch.
 - ``ortserve_pending_requests{model}``: requests admitted and not yet answered.
+- ``ortserve_model_loads_total{model,result}``: version loads, ``result`` success or failure.
+- ``ortserve_model_unloads_total{model}``: versions drained and unloaded.
+- ``ortserve_model_ready{model}``: 1 while the model serves, 0 otherwise.
 - ``ortserve_tokens_total{model,kind}``: text models: tokens run, ``kind`` real (the texts) or
   padded (what the batches ran, padding included); padded / real is the padding ratio.
 """
@@ -69,6 +72,21 @@ class Metrics:
             "Tokens run by text models: real (the texts) and padded (padding included)",
             ["model", "kind"],
             registry=self.registry,
+        )
+        self.loads = Counter(
+            "ortserve_model_loads",
+            "Model version loads, by result (success or failure)",
+            ["model", "result"],
+            registry=self.registry,
+        )
+        self.unloads = Counter(
+            "ortserve_model_unloads",
+            "Model versions drained and unloaded",
+            ["model"],
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "ortserve_model_ready", "1 while the model serves", ["model"], registry=self.registry
         )
         self.pending = Gauge(
             "ortserve_pending_requests",

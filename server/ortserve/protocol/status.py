@@ -6,6 +6,7 @@ logged with its traceback and an error id, and the caller gets INTERNAL with tha
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
@@ -63,14 +64,32 @@ StreamBehavior = Callable[
 
 
 def _guard_unary(behavior: UnaryBehavior, method: str) -> UnaryBehavior:
+    name = method.rsplit("/", 1)[-1]
+
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        # Every log line of this request carries its id (the request's own, or a new one);
+        # the binding lives in this RPC's task context and goes with it.
+        request_id = getattr(request, "id", "") or uuid.uuid4().hex[:16]
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
         try:
             return await behavior(request, context)
         except grpc.aio.AbortError:
+            code = grpc.StatusCode.ABORTED
             raise
         except Exception as exc:
-            await _abort(context, exc, method)
+            code, message = describe(exc, method)
+            await context.abort(code, message)
             raise  # unreachable: abort raises
+        finally:
+            log.debug(
+                "access",
+                rpc=name,
+                model=getattr(request, "model_name", None) or getattr(request, "name", None),
+                code=code.name,
+                ms=round((time.perf_counter() - started) * 1000, 3),
+            )
 
     return guarded
 

@@ -215,6 +215,7 @@ class ModelRegistry:
                 self._metrics,
             )
         except ModelLoadError as exc:
+            self._count("failure", entry.name)
             entry.failed[version] = _Failure(str(exc), fingerprint)
             log.error("version failed to load", model=entry.name, version=version, reason=str(exc))
             # A version already serving keeps serving its previous files.
@@ -222,6 +223,7 @@ class ModelRegistry:
         finally:
             entry.loading.discard(version)
         entry.failed.pop(version, None)
+        self._count("success", entry.name)
         served.executor.start()
         log.info(
             "version loaded",
@@ -255,6 +257,8 @@ class ModelRegistry:
             try:
                 await served.drain_and_close()
                 log.info("version unloaded", model=entry.name, version=served.version)
+                if self._metrics is not None:
+                    self._metrics.unloads.labels(entry.name).inc()
             finally:
                 entry.draining.remove(served)
 
@@ -278,7 +282,13 @@ class ModelRegistry:
             log.error("model problem", model=entry.name, reason=reason)
         entry.reason = reason
 
+    def _count(self, result: str, name: str) -> None:
+        if self._metrics is not None:
+            self._metrics.loads.labels(name, result).inc()
+
     def _notify(self, name: str, ready: bool) -> None:
+        if self._metrics is not None:
+            self._metrics.ready.labels(name).set(1 if ready else 0)
         for listener in self._listeners:
             listener(name, ready)
 

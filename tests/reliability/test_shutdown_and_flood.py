@@ -1,0 +1,136 @@
+"""SIGTERM under load, and a flood beyond the queue: nothing admitted is dropped, the refusals are
+quick and clear, and the daemon recovers."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ortserve_client._proto import grpc_service_pb2 as pb
+from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
+from tests.conftest import DaemonFactory
+from tests.factories.onnx_models import add_model, slow_model, write_model
+
+SLOW = 'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
+
+
+def _request(model: str) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    request.raw_input_contents.append(np.zeros((1, 4), np.float32).tobytes())
+    return request
+
+
+def test_sigterm_under_32_way_load(tmp_path: Path, daemon_factory: DaemonFactory) -> None:
+    repo = tmp_path / "repo"
+    write_model(repo, "add", add_model())
+    daemon = daemon_factory(repo, "--drain-seconds", "1", "--grace-seconds", "10")
+    outcomes: Counter[str] = Counter()
+    health_seen: list[tuple[float, int]] = []
+    served_during_drain: list[float] = []
+
+    async def scenario() -> None:
+        async with grpc.aio.insecure_channel(daemon.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            stop = time.monotonic() + 30
+            signalled: list[float] = []
+
+            async def client() -> None:
+                while time.monotonic() < stop:
+                    try:
+                        await stub.ModelInfer(_request("add"), timeout=15)
+                        outcomes["OK"] += 1
+                        if signalled and health_seen and health_seen[-1][1] != 1:
+                            served_during_drain.append(time.monotonic())
+                    except grpc.aio.AioRpcError as error:
+                        outcomes[error.code().name] += 1
+                        if error.code() != grpc.StatusCode.OK and daemon.process.poll() is not None:
+                            return
+                        await asyncio.sleep(0.02)
+
+            async def watch_health() -> None:
+                while time.monotonic() < stop and daemon.process.poll() is None:
+                    try:
+                        reply = await health.Check(
+                            health_pb2.HealthCheckRequest(service=""), timeout=2
+                        )
+                        health_seen.append((time.monotonic(), int(reply.status)))
+                    except grpc.aio.AioRpcError:
+                        return
+                    await asyncio.sleep(0.02)
+
+            async def terminate() -> None:
+                await asyncio.sleep(1.0)
+                signalled.append(time.monotonic())
+                daemon.process.send_signal(signal.SIGTERM)
+
+            await asyncio.gather(terminate(), watch_health(), *(client() for _ in range(32)))
+
+    asyncio.run(scenario())
+    assert daemon.process.wait(30) == 0
+    log = daemon.log_records()
+    done = next(r for r in log if r.get("event") == "requests")
+    # Every request the daemon admitted was answered, and every OK the clients saw was one of them.
+    assert done["admitted"] == done["answered"]
+    assert outcomes["OK"] <= done["answered"]
+    assert outcomes["OK"] > 100
+    # Health went NOT_SERVING while requests were still being served (the drain delay).
+    statuses = [s for _, s in health_seen]
+    assert health_pb2.HealthCheckResponse.SERVING in statuses
+    assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
+    assert served_during_drain, "requests kept being served after health said NOT_SERVING"
+    # What the clients saw besides OK: the refusals of a stopping server, never a lost answer.
+    assert set(outcomes) <= {"OK", "UNAVAILABLE", "CANCELLED"}
+    events = [r.get("event") for r in log]
+    assert events.index("stopping") < events.index("requests") < events.index("stopped")
+
+
+def test_flood_beyond_the_queue_is_refused_quickly_then_recovers(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    repo = tmp_path / "repo"
+    write_model(repo, "slow", slow_model(size=768),
+                config="max_batch_size: 1\ndynamic_batching { default_queue_policy { max_queue_size: 4 } }\n"
+                + SLOW)  # fmt: skip
+    daemon = daemon_factory(repo)
+
+    details: set[str] = set()
+
+    async def flood() -> tuple[Counter[str], float, int]:
+        async with grpc.aio.insecure_channel(daemon.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+            async def one() -> tuple[str, float]:
+                started = time.monotonic()
+                try:
+                    await stub.ModelInfer(_request("slow"), timeout=60)
+                    return "OK", time.monotonic() - started
+                except grpc.aio.AioRpcError as error:
+                    details.add(error.details() or "")
+                    return error.code().name, time.monotonic() - started
+
+            results = await asyncio.gather(*(one() for _ in range(200)))
+            counts = Counter(code for code, _ in results)
+            slowest_refusal = max(
+                (t for code, t in results if code == "RESOURCE_EXHAUSTED"), default=0.0
+            )
+            longest_ok = max(t for code, t in results if code == "OK")
+            after = await stub.ModelInfer(_request("slow"), timeout=60)
+            return counts, slowest_refusal - longest_ok, len(after.raw_output_contents)
+
+    counts, refusal_vs_service, outputs = asyncio.run(flood())
+    assert set(counts) == {"OK", "RESOURCE_EXHAUSTED"}
+    assert counts["RESOURCE_EXHAUSTED"] >= 150
+    assert details == {"model 'slow' version 1: the queue is full (4 requests waiting)"}
+    # Refusals come at once, not after waiting behind the queue: the slowest refusal still
+    # came back before the longest-waiting served request did.
+    assert refusal_vs_service < 0
+    assert outputs == 1  # and the daemon serves normally afterwards
