@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ortserve.errors import ConfigError, InvalidInput
+from ortserve.repository.parameters import Parameters
 from ortserve_client._proto import model_config_pb2 as mc
 
 _US = 1_000_000  # microseconds a second: config values are in µs, loop time in seconds
@@ -138,13 +139,12 @@ def policy_from_config(config: mc.ModelConfig, source: str) -> BatchPolicy:
     """
     dynamic = config.dynamic_batching if config.HasField("dynamic_batching") else None
     batched = config.max_batch_size > 0
-    tokens = _int_parameter(config, "max_batch_tokens", source)
-    grouping = "length"
-    if "batch_grouping" in config.parameters:
-        grouping = config.parameters["batch_grouping"].string_value
+    params = Parameters(config, source)
+    tokens = params.integer("max_batch_tokens", 0)
+    grouping = params.text("batch_grouping", "length")
     if grouping not in ("length", "arrival"):
         raise ConfigError(
-            f"{source}: parameters 'batch_grouping' must be length or arrival, got '{grouping}'"
+            f"{params.where('batch_grouping')} must be length or arrival, got '{grouping}'"
         )
     try:
         if dynamic is None:
@@ -167,16 +167,6 @@ def policy_from_config(config: mc.ModelConfig, source: str) -> BatchPolicy:
         )
     except ValueError as exc:
         raise ConfigError(f"{source}: dynamic_batching: {exc}") from None
-
-
-def _int_parameter(config: mc.ModelConfig, key: str, source: str) -> int:
-    if key not in config.parameters or not config.parameters[key].string_value:
-        return 0
-    raw = config.parameters[key].string_value
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{source}: parameters '{key}' must be an integer, got {raw!r}") from None
 
 
 def _queue_policy(policy: mc.ModelQueuePolicy, source: str, where: str) -> QueuePolicy:

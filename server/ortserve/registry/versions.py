@@ -19,6 +19,7 @@ from ortserve.observability.metrics import Metrics
 from ortserve.registry.warmup import run_warmup
 from ortserve.repository.config import ParsedConfig, complete_config
 from ortserve.repository.layout import DEFAULT_MODEL_FILENAME
+from ortserve.repository.parameters import Parameters
 from ortserve.runtime.session import ModelSessions
 from ortserve.text.files import has_tokenizer, read_files
 from ortserve.text.pipeline import TextPipeline
@@ -108,8 +109,7 @@ def _text_pipeline(version_dir: Path, config: mc.ModelConfig, source: str) -> Te
     if not has_tokenizer(version_dir):
         return None
     files = read_files(version_dir)
-    params = {key: value.string_value for key, value in config.parameters.items()}
-    return TextPipeline(files, text_settings(params, files, source), config)
+    return TextPipeline(files, text_settings(Parameters(config, source), files), config)
 
 
 def _return_memory_to_the_os() -> None:

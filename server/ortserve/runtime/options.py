@@ -18,6 +18,7 @@ from typing import Any
 import onnxruntime as ort
 
 from ortserve.errors import ConfigError, ModelLoadError
+from ortserve.repository.parameters import Parameters
 from ortserve_client._proto import model_config_pb2 as mc
 
 CPU = "CPUExecutionProvider"
@@ -51,26 +52,22 @@ class ProviderPlan:
     notes: list[str] = field(default_factory=list)  # fallbacks taken, for the log and index
 
 
-def parameters(config: mc.ModelConfig) -> dict[str, str]:
-    return {key: value.string_value for key, value in config.parameters.items()}
-
-
 def session_options(config: mc.ModelConfig, source: str) -> ort.SessionOptions:
-    params = parameters(config)
+    params = Parameters(config, source)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # ORT's warnings go to stderr unstructured; keep errors only
     level = config.optimization.graph.level
     if level not in _GRAPH_LEVELS:
         raise ConfigError(f"{source}: optimization.graph.level must be -1, 0, 1 or 2, got {level}")
     options.graph_optimization_level = _GRAPH_LEVELS[level]
-    options.intra_op_num_threads = _int_param(params, "intra_op_thread_count", 0, source)
-    options.inter_op_num_threads = _int_param(params, "inter_op_thread_count", 0, source)
-    mode = _int_param(params, "execution_mode", 0, source)
+    options.intra_op_num_threads = params.integer("intra_op_thread_count", 0)
+    options.inter_op_num_threads = params.integer("inter_op_thread_count", 0)
+    mode = params.integer("execution_mode", 0)
     options.execution_mode = (
         ort.ExecutionMode.ORT_PARALLEL if mode == 1 else ort.ExecutionMode.ORT_SEQUENTIAL
     )
-    options.enable_cpu_mem_arena = _bool_param(params, "enable_mem_arena", True, source)
-    options.enable_mem_pattern = _bool_param(params, "enable_mem_pattern", True, source)
+    options.enable_cpu_mem_arena = params.flag("enable_mem_arena", True)
+    options.enable_mem_pattern = params.flag("enable_mem_pattern", True)
     for key, value in params.items():
         if key.startswith("session."):
             options.add_session_config_entry(key, value)
@@ -79,7 +76,7 @@ def session_options(config: mc.ModelConfig, source: str) -> ort.SessionOptions:
 
 def provider_plan(config: mc.ModelConfig, available: Collection[str], source: str) -> ProviderPlan:
     """The providers to ask ONNX Runtime for, in priority order, CPU always last."""
-    allow_fallback = _bool_param(parameters(config), "allow_provider_fallback", False, source)
+    allow_fallback = Parameters(config, source).flag("allow_provider_fallback", False)
     wanted = _wanted_providers(config, available, source)
     plan: list[Provider] = []
     notes: list[str] = []
@@ -143,28 +140,6 @@ def _accelerator_options(
         else:
             options[key] = value
     return options
-
-
-def _int_param(params: Mapping[str, str], key: str, default: int, source: str) -> int:
-    raw = params.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{source}: parameters '{key}' must be an integer, got {raw!r}") from None
-
-
-def _bool_param(params: Mapping[str, str], key: str, default: bool, source: str) -> bool:
-    raw = params.get(key)
-    if raw is None or raw == "":
-        return default
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{source}: parameters '{key}' must be true or false, got {raw!r}")
 
 
 def ort_available_providers() -> list[str]:

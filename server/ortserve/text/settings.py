@@ -18,10 +18,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ortserve.errors import ConfigError
+from ortserve.repository.parameters import Parameters
 from ortserve.text.files import ModelFiles
 
 TASKS = (
@@ -33,8 +33,6 @@ TASKS = (
 )
 AGGREGATIONS = ("none", "simple", "first", "max")
 POOLINGS = ("mean", "cls")
-
-Where = Callable[[str], str]  # names the parameter for a message
 
 _ARCHITECTURE_TASKS = {
     "ForSequenceClassification": "text-classification",
@@ -66,38 +64,33 @@ class TextSettings:
         return self.task in ("feature-extraction", "sentence-embeddings")
 
 
-def text_settings(params: Mapping[str, str], files: ModelFiles, source: str) -> TextSettings:
-    def where(key: str) -> str:
-        return f"{source}: parameters '{key}'"
-
-    task = params.get("task") or _default_task(files)
+def text_settings(params: Parameters, files: ModelFiles) -> TextSettings:
+    where = params.where
+    task = params.text("task") or _default_task(files)
     if task not in TASKS:
         raise ConfigError(f"{where('task')}: '{task}' is not one of {', '.join(TASKS)}")
-    aggregation = params.get("aggregation", "simple")
+    aggregation = params.text("aggregation", "simple")
     if aggregation not in AGGREGATIONS:
         raise ConfigError(f"{where('aggregation')}: '{aggregation}' is not one of {AGGREGATIONS}")
-    pooling = params.get("pooling") or _default_pooling(files)
+    pooling = params.text("pooling") or _default_pooling(files)
     if pooling not in POOLINGS:
         raise ConfigError(f"{where('pooling')}: '{pooling}' is not one of {POOLINGS}")
-    max_length = _int(params, "max_sequence_length", _default_max_length(files), where)
+    max_length = params.integer("max_sequence_length", _default_max_length(files))
     if max_length < 2:
         raise ConfigError(f"{where('max_sequence_length')}: must be >= 2, got {max_length}")
-    threshold = params.get("confidence_threshold")
     problem = str(files.hf_config.get("problem_type", ""))
     settings = TextSettings(
         task=task,
         max_length=max_length,
-        truncation=_bool(params, "truncation", True, where),
+        truncation=params.flag("truncation", True),
         pooling=pooling,
-        normalize=_bool(params, "normalize", files.normalizes, where),
-        confidence_threshold=_float(threshold, where("confidence_threshold"))
-        if threshold
-        else None,
-        fallback_label=params.get("fallback_label", ""),
-        multi_label=_bool(params, "multi_label", problem == "multi_label_classification", where),
+        normalize=params.flag("normalize", files.normalizes),
+        confidence_threshold=params.number("confidence_threshold"),
+        fallback_label=params.text("fallback_label"),
+        multi_label=params.flag("multi_label", problem == "multi_label_classification"),
         aggregation=aggregation,
-        stride=_int(params, "stride", min(128, max_length // 4), where),
-        max_answer_length=_int(params, "max_answer_length", 30, where),
+        stride=params.integer("stride", min(128, max_length // 4)),
+        max_answer_length=params.integer("max_answer_length", 30),
     )
     if settings.confidence_threshold is not None and not settings.fallback_label:
         raise ConfigError(f"{where('confidence_threshold')}: needs a fallback_label parameter too")
@@ -135,31 +128,3 @@ def _default_max_length(files: ModelFiles) -> int:
         if isinstance(value, int) and value > 0:
             return min(value, 512)
     return 512
-
-
-def _int(params: Mapping[str, str], key: str, default: int, where: Where) -> int:
-    raw = params.get(key)
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{where(key)}: must be an integer, got {raw!r}") from None
-
-
-def _float(raw: str, where: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{where}: must be a number, got {raw!r}") from None
-
-
-def _bool(params: Mapping[str, str], key: str, default: bool, where: Where) -> bool:
-    raw = params.get(key)
-    if not raw:
-        return default
-    if raw.lower() in ("1", "true", "yes"):
-        return True
-    if raw.lower() in ("0", "false", "no"):
-        return False
-    raise ConfigError(f"{where(key)}: must be true or false, got {raw!r}")
