@@ -2,7 +2,7 @@
 # Set up and run every check: lint, format, types, generated stubs, then the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup-venv.sh server,dev
+scripts/setup-venv.sh server,dev,export,minilm
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
