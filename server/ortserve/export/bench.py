@@ -73,7 +73,9 @@ def run_benchmarks(
             "--inputs", str(inputs), "--iterations", str(iterations), "--name", candidate.name,
         ]  # fmt: skip
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        # The child imports this very ortserve (a checkout on PYTHONPATH or an install).
+        here = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
         try:
             done = subprocess.run(
                 cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, check=False

@@ -57,8 +57,13 @@ def check_supported(source: ModelSource, task: str) -> None:
         import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the ONNX configs)
         from optimum.exporters.tasks import TasksManager
 
-        spec = TASKS[task]
-        supported = TasksManager._SUPPORTED_MODEL_TYPE.get(source.model_type, {}).get("onnx", {})
+        try:
+            supported = TasksManager.get_supported_tasks_for_model_type(
+                source.model_type, "onnx", library_name="transformers"
+            )
+        except KeyError:
+            supported = {}
+    spec = TASKS[task]
     where = f"{source.architecture} (model_type {source.model_type})"
     if not supported:
         raise ExportError(
