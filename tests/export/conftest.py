@@ -19,9 +19,6 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-TINY = ("text-classification", "token-classification", "question-answering",
-        "feature-extraction", "sentence-embeddings", "gpt2")  # fmt: skip
-
 
 @dataclass
 class Result:

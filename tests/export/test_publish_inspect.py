@@ -127,7 +127,7 @@ def test_help_explains_every_flag() -> None:
     assert done.returncode == 0
     for flag in ("--model", "--task", "--name", "--repo", "--opset", "--optimize", "--quantize",
                  "--per-tensor", "--max-length", "--sample-text", "--fp32-tolerance",
-                 "--min-cosine", "--min-agreement", "--no-bench", "--bench-iterations",
+                 "--min-cosine", "--min-agreement", "--no-bench", "--bench-iterations", "--bench-threads",
                  "--force", "--no-publish", "--quantized-only", "--max-batch-size"):  # fmt: skip
         assert flag in done.stdout, flag
     top = _ortserve("--help")

@@ -2,8 +2,9 @@
 
 ONNX Runtime's and torch's thread pools fight when both run in one process, so the parent writes
 the inputs to an .npz file and starts ``python -m ortserve.export.bench`` once per variant; the
-child loads one model, warms it up, times single-input and batch-32 runs and prints JSON. Every
-process gets the machine's default thread counts. p50/p95/p99 are over ``iterations`` timed runs.
+child loads one model, warms it up, times single-input and batch-32 runs and prints JSON. torch
+and ONNX Runtime get the same number of threads (``--bench-threads``, default: every CPU).
+p50/p95/p99 are over ``iterations`` timed runs.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def run_benchmarks(
     candidates: Sequence[Candidate],
     inputs: Path,
     iterations: int,
+    threads: int,
     on_done: Callable[[str], None] | None = None,
 ) -> list[BenchRow]:
     """Benchmark each candidate in its own process; a failing child names its variant."""
@@ -71,6 +73,7 @@ def run_benchmarks(
             sys.executable, "-m", "ortserve.export.bench",
             "--kind", candidate.kind, "--path", str(candidate.path), "--task", candidate.task,
             "--inputs", str(inputs), "--iterations", str(iterations), "--name", candidate.name,
+            "--threads", str(threads),
         ]  # fmt: skip
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         # The child imports this very ortserve (a checkout on PYTHONPATH or an install).
@@ -113,11 +116,11 @@ def _load_feeds(path: Path) -> dict[int, dict[str, np.ndarray[Any, Any]]]:
     return feeds
 
 
-def _runner(kind: str, path: Path, task: str) -> Callable[[dict[str, Any]], object]:
+def _runner(kind: str, path: Path, task: str, threads: int) -> Callable[[dict[str, Any]], object]:
     if kind == "onnx":
         from ortserve.export.check import open_session
 
-        session = open_session(path)
+        session = open_session(path, threads)
         wanted = {i.name for i in session.get_inputs()}
         return lambda feeds: session.run(None, {k: v for k, v in feeds.items() if k in wanted})
     import torch
@@ -125,6 +128,7 @@ def _runner(kind: str, path: Path, task: str) -> Callable[[dict[str, Any]], obje
     from ortserve.export.exporting import load_torch_model
     from ortserve.export.samples import torch_inputs
 
+    torch.set_num_threads(threads)
     model = load_torch_model(path, task)
     sentence_transformer = type(model).__name__ == "SentenceTransformer"
 
@@ -155,8 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--inputs", type=Path, required=True)
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--name", required=True)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
-    run = _runner(args.kind, args.path, args.task)
+    run = _runner(args.kind, args.path, args.task, args.threads)
     rows = []
     for batch, feeds in sorted(_load_feeds(args.inputs).items()):
         times = _time(run, feeds, args.iterations)

@@ -71,12 +71,14 @@ def check_graph(path: Path) -> None:
         raise ExportError(f"{path}: onnx.checker refused the model: {exc}") from None
 
 
-def open_session(path: Path) -> Any:
+def open_session(path: Path, threads: int | None = None) -> Any:
     """An ONNX Runtime CPU session; a load failure names the file."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types

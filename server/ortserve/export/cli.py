@@ -109,8 +109,8 @@ def build_export_parser() -> argparse.ArgumentParser:
         default=None,
         help="also make an 8-bit variant and publish it as the next version: dynamic "
         "INT8 for avx2, avx512, avx512_vnni or arm64 (auto, the default when the flag "
-        "has no value: this machine's CPU), or weight-only (8-bit weight blocks, "
-        "activations kept FP32: the accurate option)",
+        "has no value: this machine's CPU), or weight-only (8-bit weights in blocks of 32, "
+        "MatMulNBits: the accurate option, 0.999 cosine on all-MiniLM-L6-v2 vs 0.98)",
     )
     p.add_argument(
         "--per-tensor",
@@ -168,6 +168,14 @@ def build_export_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="timed runs per variant and batch size (1 and 32), after a warm-up; "
         "p50/p95/p99 are over these (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bench-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads for PyTorch and ONNX Runtime alike in the benchmark (default: every CPU; "
+        "on a busy machine 1 gives steadier figures)",
     )
     p.add_argument(
         "--force",
@@ -283,6 +291,7 @@ def _export_options(args: argparse.Namespace, command: str) -> ExportOptions:
         thresholds=Thresholds(args.fp32_tolerance, args.min_cosine, args.min_agreement),
         bench=args.bench,
         bench_iterations=args.bench_iterations,
+        bench_threads=args.bench_threads,
         force=args.force,
         publish=args.publish,
         command=command,

@@ -3,6 +3,7 @@ decide -> publish, with progress on stderr and the tables on stdout."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 import uuid
 from pathlib import Path
@@ -181,9 +182,10 @@ def _bench(
     inputs = save_inputs(work / "bench-inputs.npz", feeds)
     candidates = [Candidate("pytorch", "pytorch", source.folder, task)]
     candidates += [Candidate(v.name, "onnx", v.path, task) for v in variants]
-    label = f"Benchmarking {len(candidates)} variants, one process each"
+    threads = opts.bench_threads or os.cpu_count() or 1
+    label = f"Benchmarking {len(candidates)} variants, one process each, {threads} thread(s)"
     with reporter.progress(label, len(candidates)) as advance:
-        return run_benchmarks(candidates, inputs, opts.bench_iterations, advance)
+        return run_benchmarks(candidates, inputs, opts.bench_iterations, threads, advance)
 
 
 def _publish(
@@ -220,7 +222,11 @@ def _publish(
             "variants": {v.variant: v.as_dict() for v in verdicts},
         },
         "benchmark": (
-            {"iterations": opts.bench_iterations, "rows": [r.as_dict() for r in bench]}
+            {
+                "iterations": opts.bench_iterations,
+                "threads": opts.bench_threads or os.cpu_count(),
+                "rows": [r.as_dict() for r in bench],
+            }
             if bench is not None
             else None
         ),
@@ -279,6 +285,7 @@ def _options_record(
         },
         "bench": opts.bench,
         "bench_iterations": opts.bench_iterations,
+        "bench_threads": opts.bench_threads,
         "force": opts.force,
     }
 

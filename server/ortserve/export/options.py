@@ -53,7 +53,7 @@ OPTIMIZE_LEVELS = ("O1", "O2", "O3", "O4")
 EXACT_OPTIMIZE_LEVELS = ("O1", "O2")
 
 #: ``--quantize`` targets: dynamic INT8 tuned for a CPU family (``auto`` reads this machine's CPU
-#: flags), or ``weight-only``: 8-bit weights in blocks (MatMulNBits), activations not quantized.
+#: flags), or ``weight-only``: 8-bit weights in blocks of 32 (MatMulNBits), no per-tensor scale.
 QUANTIZE_TARGETS = ("auto", "avx2", "avx512", "avx512_vnni", "arm64", "weight-only")
 
 #: What ``max_sequence_length`` is capped at when it comes from the tokenizer.
@@ -88,6 +88,7 @@ class ExportOptions:
     thresholds: Thresholds = Thresholds()
     bench: bool = True
     bench_iterations: int = 50  # timed runs per variant and batch size (after a warm-up)
+    bench_threads: int | None = None  # threads for torch and ORT alike; None: every CPU
     force: bool = False  # publish even when a check fails or the quantized variant is slower
     publish: bool = True  # False: export, check and benchmark only
     command: str = ""  # the exact command line, for the manifest
