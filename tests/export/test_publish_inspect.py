@@ -47,6 +47,26 @@ def test_hub_id_fails_fast_and_offline(tmp_path: Path) -> None:
     assert "no such folder" in done.stderr
 
 
+def test_hub_id_already_in_the_local_cache_is_used(tmp_path: Path) -> None:
+    """A hub id resolves to its cached snapshot (the layout huggingface_hub writes), offline."""
+    repo_cache = tmp_path / "hf-home" / "hub" / "models--acme--tiny"
+    snapshot = repo_cache / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs" / "main").write_text("0123abcd")
+    config = {"model_type": "bert", "architectures": ["BertForSequenceClassification"]}
+    (snapshot / "config.json").write_text(json.dumps(config))
+    script = (
+        "from ortserve.export.source import resolve_source, detect_task; "
+        "s = resolve_source('acme/tiny'); print(s.hub_id, s.folder.name, detect_task(s))"
+    )
+    env = {**ENV, "HF_HOME": str(tmp_path / "hf-home")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["acme/tiny", "0123abcd", "text-classification"]
+
+
 def test_publish_bare_onnx_file_without_torch(tmp_path: Path) -> None:
     model = tmp_path / "add.onnx"
     onnx.save(add_model(), str(model))
