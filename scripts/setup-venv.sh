@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv (if needed) and install ortserve into it, editable, with the given extras.
-#   scripts/setup-venv.sh server        # the daemon
-#   scripts/setup-venv.sh server,dev    # the daemon and everything the tests need
+#   scripts/setup-venv.sh server                     # the daemon
+#   scripts/setup-venv.sh server,export,minilm       # + `ortserve export` and all-MiniLM-L6-v2 (serve.sh)
+#   scripts/setup-venv.sh server,dev,export,minilm   # everything the tests need (test.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=${1:-server}

@@ -2,7 +2,7 @@
 # Set up and run every check: lint, format, types, generated stubs, then the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup-venv.sh server,dev
+scripts/setup-venv.sh server,dev,export,minilm
 # The Node.js interop client (tests/interop): its packages, locked, in the folder; nothing global.
 npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
 .venv/bin/ruff check .

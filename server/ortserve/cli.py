@@ -9,6 +9,14 @@ from collections.abc import Sequence
 
 from ortserve.settings import add_serve_arguments, environ, settings_from_args
 
+#: The companion tool's commands. ``main`` hands them to ``ortserve.export.cli`` unparsed and
+#: imports it only then: the daemon never loads the export code (torch, transformers, optimum).
+TOOL_COMMANDS = {
+    "export": "export a Hugging Face model to ONNX, check, benchmark and publish it",
+    "publish": "publish an existing ONNX file or folder into the model repository",
+    "inspect": "show an ONNX model's opset, inputs, outputs, dynamic axes and manifest",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -26,11 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     add_serve_arguments(serve, environ())
+    for name, summary in TOOL_COMMANDS.items():
+        # Listed for `ortserve --help`; `ortserve NAME --help` is answered by the tool itself.
+        commands.add_parser(name, help=f"{summary} (needs the export extra; see {name} --help)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in TOOL_COMMANDS:
+        from ortserve.export.cli import main as tool_main
+
+        return tool_main(arguments)
+    args = build_parser().parse_args(arguments)
     if args.command == "serve":
         from ortserve.app import serve
         from ortserve.observability.logging import configure_logging

@@ -57,6 +57,43 @@ def test_only_protocol_and_app_import_grpc() -> None:
             assert rel.parts[0] == "protocol" or rel.name == "app.py", rel
 
 
+def _module_level_imports(path: Path) -> set[str]:
+    """Imports run when the module is imported (top level, not inside a function)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_only_the_cli_imports_the_export_tool_and_only_lazily() -> None:
+    for path, names in _imports(SERVER).items():
+        rel = path.relative_to(SERVER)
+        if rel.parts[0] == "export":
+            continue
+        uses_export = {
+            n for n in names if n == "ortserve.export" or n.startswith("ortserve.export.")
+        }
+        assert not uses_export or rel.name == "cli.py", f"{rel} imports {uses_export}"
+    top = _module_level_imports(SERVER / "cli.py")
+    assert not [n for n in top if n.startswith("ortserve.export")], top
+
+
+def test_serving_never_loads_the_export_tool_or_torch() -> None:
+    script = (
+        "import sys; import ortserve.app, ortserve.cli; ortserve.cli.build_parser(); "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'optimum')"
+        " or m.startswith('ortserve.export')]; print(bad)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_client_never_imports_the_server() -> None:
     for path, names in _imports(CLIENT).items():
         assert "ortserve" not in _top(names), path
@@ -103,6 +140,7 @@ def test_wheel_contains_both_packages(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     for expected in [
         "ortserve/app.py",
+        "ortserve/export/command.py",
         "ortserve/py.typed",
         "ortserve_client/tensors.py",
         "ortserve_client/py.typed",

@@ -1,0 +1,302 @@
+"""``ortserve export | publish | inspect``: flags, help, and errors as one line with an exit status.
+
+``ortserve.cli`` hands these commands here without parsing them, so the daemon's command line
+never imports this package. Exit statuses: 0 done, 1 error, 2 bad usage, 3 a check failed (or
+nothing could be published) and nothing was published.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ortserve.export.errors import EXIT_USAGE, ExportError
+from ortserve.export.options import (
+    OPTIMIZE_LEVELS,
+    QUANTIZE_TARGETS,
+    TASKS,
+    ExportOptions,
+    PublishOptions,
+    Thresholds,
+)
+
+_DEFAULTS = Thresholds()
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _repo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--name", required=True, help="model name: the folder <repo>/<name>/ that versions go into"
+    )
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        default=Path("model_repo"),
+        help="model repository folder (default: model_repo)",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        metavar="TOKENS",
+        help="max_sequence_length written into config.pbtxt (and the check's "
+        "truncation); default: the model's own (sentence-transformers "
+        "max_seq_length, else the tokenizer's model_max_length), capped at 512",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=32,
+        help="max_batch_size written into a new config.pbtxt (default: 32); an "
+        "existing config.pbtxt is never overwritten",
+    )
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ortserve export",
+        description=(
+            "Export a Hugging Face model (local folder) to ONNX with Optimum, optionally optimize "
+            "and quantize it, check each variant against PyTorch, benchmark each in its own "
+            "process, and publish the FP32 graph (and the quantized one) as the next versions of "
+            "<repo>/<name>/ by atomic rename, with tokenizer files, config.pbtxt and a manifest. "
+            "Works offline: never downloads from a model hub."
+        ),
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="the model: a local folder with config.json and weights (a Hugging Face "
+        "Hub id only works when already in the local cache; nothing is downloaded)",
+    )
+    _repo_arguments(p)
+    p.add_argument(
+        "--task",
+        choices=list(TASKS),
+        default=None,
+        help="what the model does; default: detected (modules.json -> "
+        "sentence-embeddings, else from the architecture's head, e.g. "
+        "...ForSequenceClassification -> text-classification, ...LMHeadModel -> "
+        "text-generation-with-past)",
+    )
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        help="ONNX opset to export with (default: Optimum's choice for the model)",
+    )
+    p.add_argument(
+        "--optimize",
+        choices=OPTIMIZE_LEVELS,
+        default=None,
+        help="ONNX Runtime graph optimization: O1 basic, O2 + transformer fusions, O3 + "
+        "approximate GELU, O4 + FP16 (GPU only). O3/O4 are checked like quantized "
+        "variants (cosine), O1/O2 by max |diff|",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=QUANTIZE_TARGETS,
+        nargs="?",
+        const="auto",
+        default=None,
+        help="also make an 8-bit variant and publish it as the next version: dynamic "
+        "INT8 for avx2, avx512, avx512_vnni or arm64 (auto, the default when the flag "
+        "has no value: this machine's CPU), or weight-only (8-bit weights in blocks of 32, "
+        "MatMulNBits: the accurate option, 0.999 cosine on all-MiniLM-L6-v2 vs 0.98)",
+    )
+    p.add_argument(
+        "--per-tensor",
+        dest="per_channel",
+        action="store_false",
+        help="dynamic INT8 with one scale per weight tensor instead of per channel "
+        "(smaller, but all-MiniLM-L6-v2 loses up to 9%% cosine)",
+    )
+    p.add_argument(
+        "--quantized-only",
+        action="store_true",
+        help="with --quantize, publish only the quantized variant (default: the FP32 "
+        "graph as one version, then the quantized one as the next)",
+    )
+    p.add_argument(
+        "--sample-text",
+        dest="sample_texts",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a text for the checks and the benchmark (repeat the flag; default: 8 "
+        "built-in English sentences)",
+    )
+    p.add_argument(
+        "--fp32-tolerance",
+        type=_non_negative,
+        default=_DEFAULTS.fp32_tolerance,
+        help="FP32 variants fail when max |ONNX - PyTorch| over the sample outputs is "
+        "above this (default: %(default)g)",
+    )
+    p.add_argument(
+        "--min-cosine",
+        type=float,
+        default=_DEFAULTS.min_cosine,
+        help="quantized (and O3/O4) variants fail when the cosine between any of their "
+        "output vectors and PyTorch's is below this (default: %(default)g)",
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        default=_DEFAULTS.min_agreement,
+        help="... or when fewer than this share of argmax labels agree, for tasks with "
+        "labels (classification, QA spans, next token) (default: %(default)g)",
+    )
+    p.add_argument(
+        "--no-bench",
+        dest="bench",
+        action="store_false",
+        help="skip the benchmark (then a quantized variant is published without the speed check)",
+    )
+    p.add_argument(
+        "--bench-iterations",
+        type=int,
+        default=50,
+        metavar="N",
+        help="timed runs per variant and batch size (1 and 32), after a warm-up; "
+        "p50/p95/p99 are over these (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bench-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads for PyTorch and ONNX Runtime alike in the benchmark (default: every CPU; "
+        "on a busy machine 1 gives steadier figures)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="publish even when a check fails or the quantized variant is slower than "
+        "FP32 here (the manifest records it)",
+    )
+    p.add_argument(
+        "--no-publish",
+        dest="publish",
+        action="store_false",
+        help="export, check and benchmark only; write nothing into the repository",
+    )
+    return p
+
+
+def build_publish_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ortserve publish",
+        description=(
+            "Publish an existing ONNX model (a .onnx file, or a folder with model.onnx and its "
+            "tokenizer/config files) as the next version of <repo>/<name>/, by atomic rename, "
+            "after onnx.checker and an ONNX Runtime load. Writes config.pbtxt if absent and a "
+            "manifest. Needs no torch."
+        ),
+    )
+    p.add_argument("path", type=Path, help="a .onnx file, or a folder holding model.onnx")
+    _repo_arguments(p)
+    p.add_argument(
+        "--task",
+        choices=list(TASKS),
+        default=None,
+        help="the task for config.pbtxt; default: from a manifest.json beside the "
+        "model, else guessed from the output names",
+    )
+    return p
+
+
+def build_inspect_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ortserve inspect",
+        description="Print an ONNX model's opset, inputs, outputs and dynamic axes, and the "
+        "manifest.json published beside it.",
+    )
+    p.add_argument("path", type=Path, help="a .onnx file, or a folder holding model.onnx")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    """``argv`` starts with the command name (export, publish or inspect)."""
+    from ortserve.export.manifest import command_line
+    from ortserve.export.report import Reporter
+
+    command, rest = argv[0], list(argv[1:])
+    builders = {
+        "export": build_export_parser,
+        "publish": build_publish_parser,
+        "inspect": build_inspect_parser,
+    }
+    args = builders[command]().parse_args(rest)
+    reporter = Reporter()
+    try:
+        if command == "export":
+            if args.quantized_only and not args.quantize:
+                raise _usage(build_export_parser(), "--quantized-only needs --quantize")
+            from ortserve.export.command import run_export
+
+            return run_export(_export_options(args, command_line(list(argv))), reporter)
+        if command == "publish":
+            from ortserve.export.publish_onnx import run_publish
+
+            options = PublishOptions(
+                path=args.path,
+                name=args.name,
+                repo=args.repo,
+                task=args.task,
+                max_length=args.max_length,
+                max_batch_size=args.max_batch_size,
+                command=command_line(list(argv)),
+            )
+            return run_publish(options, reporter)
+        from ortserve.export.inspect import inspect
+
+        return inspect(args.path, args.json)
+    except ExportError as exc:
+        reporter.error(command, str(exc))
+        return exc.exit_code
+
+
+class _UsageError(ExportError):
+    exit_code = EXIT_USAGE
+
+
+def _usage(parser: argparse.ArgumentParser, message: str) -> _UsageError:
+    return _UsageError(f"{message} (see `{parser.prog} --help`)")
+
+
+def _export_options(args: argparse.Namespace, command: str) -> ExportOptions:
+    return ExportOptions(
+        model=args.model,
+        name=args.name,
+        repo=args.repo,
+        task=args.task,
+        opset=args.opset,
+        optimize=args.optimize,
+        quantize=args.quantize,
+        per_channel=args.per_channel,
+        quantized_only=args.quantized_only,
+        max_length=args.max_length,
+        max_batch_size=args.max_batch_size,
+        sample_texts=tuple(args.sample_texts),
+        thresholds=Thresholds(args.fp32_tolerance, args.min_cosine, args.min_agreement),
+        bench=args.bench,
+        bench_iterations=args.bench_iterations,
+        bench_threads=args.bench_threads,
+        force=args.force,
+        publish=args.publish,
+        command=command,
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,107 @@
+"""The tool's typed settings and its fixed tables (tasks, optimization levels, quantization).
+
+Nothing here imports torch, transformers or optimum: ``--help`` and argument checks stay fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One task the exporter knows: how Optimum names it and how config.pbtxt names it."""
+
+    name: str  # what --task takes
+    optimum_task: str  # Optimum's task name
+    library: str  # Optimum's library name: transformers or sentence_transformers
+    config_task: str  # the `task` parameter written into config.pbtxt
+    has_labels: bool  # outputs are scores over classes/tokens: label agreement is checked
+    checked_outputs: tuple[str, ...] = ()  # the outputs the checks judge; (): every output
+
+
+_TEXT = "transformers"
+_ST = "sentence_transformers"
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task("text-classification", "text-classification", _TEXT, "text-classification", True),
+        Task("token-classification", "token-classification", _TEXT, "token-classification", True),
+        Task("question-answering", "question-answering", _TEXT, "question-answering", True),
+        Task("feature-extraction", "feature-extraction", _TEXT, "feature-extraction", False),
+        # token_embeddings is an intermediate of sentence_embedding: judge what is served.
+        Task(
+            "sentence-embeddings",
+            "feature-extraction",
+            _ST,
+            "sentence-embeddings",
+            False,
+            checked_outputs=("sentence_embedding",),
+        ),
+        Task("text-generation", "text-generation", _TEXT, "text-generation", True),
+        Task(
+            "text-generation-with-past", "text-generation-with-past", _TEXT, "text-generation", True
+        ),
+    )
+}
+
+#: ``--optimize`` levels (Optimum's AutoOptimizationConfig): O1 basic, O2 + transformer fusions,
+#: O3 + approximate GELU, O4 + FP16 (GPU only). O3 and O4 change numerics, so they are checked
+#: like quantized variants (cosine, label agreement) rather than by max |diff|.
+OPTIMIZE_LEVELS = ("O1", "O2", "O3", "O4")
+EXACT_OPTIMIZE_LEVELS = ("O1", "O2")
+
+#: ``--quantize`` targets: dynamic INT8 tuned for a CPU family (``auto`` reads this machine's CPU
+#: flags), or ``weight-only``: 8-bit weights in blocks of 32 (MatMulNBits), no per-tensor scale.
+QUANTIZE_TARGETS = ("auto", "avx2", "avx512", "avx512_vnni", "arm64", "weight-only")
+
+#: What ``max_sequence_length`` is capped at when it comes from the tokenizer.
+MAX_SEQUENCE_LENGTH_CAP = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """When a variant passes its check."""
+
+    fp32_tolerance: float = 1e-4  # FP32 variants: fail when max |ONNX - PyTorch| is above this
+    min_cosine: float = 0.98  # quantized/approximate variants: fail below this cosine
+    min_agreement: float = 0.9  # ... or below this fraction of equal argmax labels
+
+
+@dataclass(frozen=True, slots=True)
+class ExportOptions:
+    """``ortserve export``: every flag, with its default."""
+
+    model: str  # a local folder (or a Hugging Face Hub id found in the local cache)
+    name: str  # the model's folder name in the repository
+    repo: Path = Path("model_repo")
+    task: str | None = None  # a key of TASKS; None: detected from the model folder
+    opset: int | None = None  # None: Optimum's default for the architecture
+    optimize: str | None = None  # one of OPTIMIZE_LEVELS
+    quantize: str | None = None  # one of QUANTIZE_TARGETS
+    per_channel: bool = True  # dynamic INT8: one scale per weight column, not per tensor
+    quantized_only: bool = False  # publish only the quantized variant, not the FP32 one too
+    max_length: int | None = None  # tokens; None: from the model's files, capped at 512
+    max_batch_size: int = 32  # written into a new config.pbtxt
+    sample_texts: tuple[str, ...] = ()  # () : the built-in sentences
+    thresholds: Thresholds = Thresholds()
+    bench: bool = True
+    bench_iterations: int = 50  # timed runs per variant and batch size (after a warm-up)
+    bench_threads: int | None = None  # threads for torch and ORT alike; None: every CPU
+    force: bool = False  # publish even when a check fails or the quantized variant is slower
+    publish: bool = True  # False: export, check and benchmark only
+    command: str = ""  # the exact command line, for the manifest
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOptions:
+    """``ortserve publish``: an existing ONNX file or folder into the repository."""
+
+    path: Path
+    name: str
+    repo: Path = Path("model_repo")
+    task: str | None = None  # None: from a manifest.json beside the model, or the output names
+    max_length: int | None = None
+    max_batch_size: int = 32
+    command: str = ""

@@ -1,0 +1,154 @@
+"""`ortserve publish` (an existing ONNX model, no torch), `ortserve inspect`, and the offline
+hub-id error."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import onnx
+
+from tests.export.conftest import CLI, manifest, versions
+from tests.factories.onnx_models import add_model
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "server"), str(ROOT / "client")])}
+
+
+def _ortserve(
+    *args: str | Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ortserve", *map(str, args)],
+        capture_output=True, text=True, timeout=120, env=env or ENV, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_hub_id_fails_fast_and_offline(tmp_path: Path) -> None:
+    env = {**ENV, "HF_HOME": str(tmp_path / "hf-home")}  # an empty cache
+    start = time.monotonic()
+    done = _ortserve("export", "--model", "sentence-transformers/all-MiniLM-L6-v2",
+                     "--name", "minilm", "--repo", tmp_path / "repo", env=env)  # fmt: skip
+    elapsed = time.monotonic() - start
+    assert done.returncode == 1, done.stderr
+    assert "Hugging Face Hub id" in done.stderr
+    assert "not in the local cache" in done.stderr
+    assert "never downloads" in done.stderr
+    assert "--model DIR" in done.stderr
+    assert elapsed < 20, elapsed  # no torch import, no network attempt
+    assert not (tmp_path / "repo").exists()
+
+    done = _ortserve("export", "--model", tmp_path / "missing", "--name", "x", env=env)
+    assert done.returncode == 1
+    assert "no such folder" in done.stderr
+
+
+def test_hub_id_already_in_the_local_cache_is_used(tmp_path: Path) -> None:
+    """A hub id resolves to its cached snapshot (the layout huggingface_hub writes), offline."""
+    repo_cache = tmp_path / "hf-home" / "hub" / "models--acme--tiny"
+    snapshot = repo_cache / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs" / "main").write_text("0123abcd")
+    config = {"model_type": "bert", "architectures": ["BertForSequenceClassification"]}
+    (snapshot / "config.json").write_text(json.dumps(config))
+    script = (
+        "from ortserve.export.source import resolve_source, detect_task; "
+        "s = resolve_source('acme/tiny'); print(s.hub_id, s.folder.name, detect_task(s))"
+    )
+    env = {**ENV, "HF_HOME": str(tmp_path / "hf-home")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["acme/tiny", "0123abcd", "text-classification"]
+
+
+def test_publish_bare_onnx_file_without_torch(tmp_path: Path) -> None:
+    model = tmp_path / "add.onnx"
+    onnx.save(add_model(), str(model))
+    repo = tmp_path / "repo"
+    script = (
+        "import sys; from ortserve.cli import main; "
+        f"code = main(['publish', {str(model)!r}, '--name', 'add', '--repo', {str(repo)!r}]); "
+        "assert 'torch' not in sys.modules, 'publish imported torch'; sys.exit(code)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=ENV)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert versions(repo / "add") == [1]
+    record = manifest(repo / "add" / "1")
+    assert record["made_by"] == "ortserve publish"
+    assert record["checks"]["onnx_checker"].startswith("passed")
+    assert "CPUExecutionProvider" in record["checks"]["onnxruntime_load"]
+    assert record["model"]["task"] is None
+    assert not (repo / "add" / "config.pbtxt").exists()
+    assert sorted(record["files"]) == ["model.onnx"]
+    assert "no tokenizer.json" in done.stderr
+
+
+def test_publish_refuses_a_broken_model(tmp_path: Path, cli: CLI) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model at all")
+    repo = tmp_path / "repo"
+    result = cli("publish", broken, "--name", "b", "--repo", repo)
+    assert result.code == 1
+    assert "onnx.checker" in result.err or "not an ONNX model" in result.err
+    assert versions(repo / "b") == []
+
+
+def test_publish_exported_folder_and_inspect(
+    tmp_path: Path, cli: CLI, tiny_models: dict[str, Path]
+) -> None:
+    repo = tmp_path / "repo"
+    exported = cli("export", "--model", tiny_models["sentence-embeddings"], "--name", "st",
+                   "--repo", repo, "--no-bench")  # fmt: skip
+    assert exported.code == 0, exported.err
+    result = cli("publish", repo / "st" / "1", "--name", "copy", "--repo", repo)
+    assert result.code == 0, result.err
+    copy = repo / "copy" / "1"
+    record = manifest(copy)
+    assert record["model"]["task"] == "sentence-embeddings"  # from the manifest beside it
+    assert record["source"]["manifest"]["model"]["name"] == "st"
+    assert {"model.onnx", "tokenizer.json", "modules.json", "1_Pooling/config.json"} <= set(
+        record["files"]
+    )
+    config = (repo / "copy" / "config.pbtxt").read_text()
+    assert '"sentence-embeddings"' in config
+    assert '"pooling"' in config
+
+    shown = cli("inspect", copy)
+    assert shown.code == 0, shown.err
+    for text in ("opset ai.onnx", "input_ids", "sentence_embedding", "batch_size",
+                 "sequence_length", "manifest.json", "ortserve publish"):  # fmt: skip
+        assert text in shown.out, text
+    as_json = cli("inspect", copy / "model.onnx", "--json")
+    data = json.loads(as_json.out)
+    names = [i["name"] for i in data["graph"]["inputs"]]
+    assert names[:2] == ["input_ids", "attention_mask"]
+    assert data["graph"]["inputs"][0]["dynamic_axes"] == {"0": "batch_size", "1": "sequence_length"}
+    assert data["manifest"]["version"] == 1
+
+    missing = cli("inspect", tmp_path / "nothing-here")
+    assert missing.code == 1
+    assert "no such file or folder" in missing.err
+
+
+def test_help_explains_every_flag() -> None:
+    from ortserve.export.cli import build_export_parser, build_inspect_parser, build_publish_parser
+
+    for parser in (build_export_parser(), build_publish_parser(), build_inspect_parser()):
+        for action in parser._actions:
+            assert len(action.help or "") > 10, (parser.prog, action.dest)
+    done = _ortserve("export", "--help")
+    assert done.returncode == 0
+    for flag in ("--model", "--task", "--name", "--repo", "--opset", "--optimize", "--quantize",
+                 "--per-tensor", "--max-length", "--sample-text", "--fp32-tolerance",
+                 "--min-cosine", "--min-agreement", "--no-bench", "--bench-iterations", "--bench-threads",
+                 "--force", "--no-publish", "--quantized-only", "--max-batch-size"):  # fmt: skip
+        assert flag in done.stdout, flag
+    top = _ortserve("--help")
+    assert all(name in top.stdout for name in ("serve", "export", "publish", "inspect"))
