@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from ortserve.settings import add_serve_arguments, environ, settings_from_args
+from ortserve.status import add_status_arguments, run_status
 
 #: The companion tool's commands. ``main`` hands them to ``ortserve.export.cli`` unparsed and
 #: imports it only then: the daemon never loads the export code (torch, transformers, optimum).
@@ -34,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     add_serve_arguments(serve, environ())
+    status = commands.add_parser(
+        "status",
+        help="show a running daemon's models (state, reason) and statistics as tables",
+        description="Ask a running daemon, over gRPC, for its repository index and statistics.",
+    )
+    add_status_arguments(status)
     for name, summary in TOOL_COMMANDS.items():
         # Listed for `ortserve --help`; `ortserve NAME --help` is answered by the tool itself.
         commands.add_parser(name, help=f"{summary} (needs the export extra; see {name} --help)")
@@ -54,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(args)
         configure_logging(settings.log_format, settings.log_level)
         return asyncio.run(serve(settings))
+    if args.command == "status":
+        return run_status(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

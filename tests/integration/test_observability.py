@@ -51,3 +51,31 @@ def test_request_ids_access_lines_and_lifecycle_metrics(
     assert 'ortserve_model_loads_total{model="add",result="success"} 1.0' in text
     assert 'ortserve_model_loads_total{model="broken",result="failure"} 1.0' in text
     assert 'ortserve_model_ready{model="add"} 1.0' in text
+
+
+def test_status_command_prints_index_and_statistics(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    write_model(repo, "add", add_model())
+    write_model(repo, "broken", b"no model here")
+    daemon = daemon_factory(repo)
+    with Client(daemon.address) as client:
+        client.infer("add", {"x": np.zeros((3, 4), np.float32)})
+    out = subprocess.run(
+        [sys.executable, "-m", "ortserve", "status", "--target", daemon.address],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert f"at {daemon.address}: ready" in out
+    lines = out.splitlines()
+    assert any(line.split()[:3] == ["add", "1", "READY"] for line in lines)
+    assert any(line.split()[:3] == ["broken", "1", "UNAVAILABLE"] for line in lines)
+    stats = next(line.split() for line in lines if line.startswith("add ") and "READY" not in line)
+    assert stats[2] == "3"  # inferences (rows)
+    bad = subprocess.run([sys.executable, "-m", "ortserve", "status", "--target", "127.0.0.1:1"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 1
+    assert "UNAVAILABLE" in bad.stderr
