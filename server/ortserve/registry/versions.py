@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,7 @@ class ServedVersion:
 
     def _close_sessions(self) -> None:
         self.sessions.close()
+        gc.collect()  # objects in reference cycles that still hold model memory
         _return_memory_to_the_os()
 
 

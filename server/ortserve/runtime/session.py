@@ -121,8 +121,11 @@ class ModelSessions:
         return array
 
     def close(self) -> None:
+        """Release the sessions now: nothing may keep a reference to them (the idle queue
+        holds every one), or their memory waits for the garbage collector."""
         self._executor.shutdown(wait=True)
         self._sessions.clear()
+        self._idle = None
 
 
 def _spec(arg: Any, model_path: Path) -> TensorSpec:
