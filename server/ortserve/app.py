@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from importlib import metadata as importlib_metadata
 
@@ -177,6 +178,10 @@ async def serve(settings: ServeSettings) -> int:
 
     await _load_initial(settings, registry)
     registry.started = True
+    # What start-up built (sessions, configs, modules) lives on: keep the collector off it, and
+    # let it run less often, so that it stays off the request path.
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
     watcher = None
     if settings.model_control_mode == "poll":
         watcher = RepositoryWatcher(root, tracker, registry.sync, settings.watch_polling)

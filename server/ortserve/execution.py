@@ -61,10 +61,9 @@ class VersionExecutor:
         self.name = name
         self.statistics = VersionStatistics()
         self._sessions = sessions
-        self._model = config.name
         self._batched = config.max_batch_size > 0
         self._output_names = [output.name for output in config.output]
-        self._metrics = metrics
+        self.metrics = metrics.model(config.name) if metrics is not None else None
         self._pad_values = pad_values
         self._sequence_outputs = frozenset(sequence_outputs)
         self.batcher: DynamicBatcher[Feeds, ItemResult] = DynamicBatcher(
@@ -118,14 +117,13 @@ class VersionExecutor:
             stacked_at - start, ran_at - stacked_at, time.perf_counter_ns() - ran_at
         )
         ratio = self._padding(stacked) if lengths else 1.0
-        self.statistics.record_execution(batch.rows, times)
-        if self._metrics is not None:
-            self._metrics.batch_size.labels(self._model).observe(batch.rows)
-            self._metrics.compute.labels(self._model).observe(
-                (times.input_ns + times.infer_ns + times.output_ns) / 1e9
-            )
+        rows = batch.rows
+        self.statistics.record_execution(rows, times)
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(rows)
+            self.metrics.compute.observe((times.input_ns + times.infer_ns + times.output_ns) / 1e9)
         return [
-            ItemResult(piece, batch.rows, item.queue_ns, times, ratio)
+            ItemResult(piece, rows, item.queue_ns, times, ratio)
             for piece, item in zip(pieces, batch.items, strict=True)
         ]
 
@@ -136,7 +134,7 @@ class VersionExecutor:
         padded = int(ids.shape[0] * ids.shape[1])
         real = int(mask.sum()) if mask is not None else padded
         self.statistics.record_tokens(real, padded)
-        if self._metrics is not None:
-            self._metrics.tokens.labels(self._model, "real").inc(real)
-            self._metrics.tokens.labels(self._model, "padded").inc(padded)
+        if self.metrics is not None:
+            self.metrics.real_tokens.inc(real)
+            self.metrics.padded_tokens.inc(padded)
         return padded / max(real, 1)

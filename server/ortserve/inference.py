@@ -94,13 +94,14 @@ class InferenceService:
             # The lease keeps this version's sessions open until the answer is built, even if
             # a newer version is swapped in meanwhile.
             with self._registry.lease(request.model_name, request.model_version) as served:
-                if self._metrics is not None:
-                    self._metrics.pending.labels(served.model_name).inc()
+                metrics = served.executor.metrics
+                if metrics is not None:
+                    metrics.pending.inc()
                 try:
                     return await self._run(served, request)
                 finally:
-                    if self._metrics is not None:
-                        self._metrics.pending.labels(served.model_name).dec()
+                    if metrics is not None:
+                        metrics.pending.dec()
         except (OrtserveError, asyncio.CancelledError) as exc:
             self._failed(served, exc, started)
             raise
@@ -128,9 +129,10 @@ class InferenceService:
         served.executor.statistics.record_success(
             rows, time.perf_counter_ns() - started, result.queue_ns, times
         )
-        if self._metrics is not None:
-            self._metrics.requests.labels(served.model_name).inc()
-            self._metrics.queue.labels(served.model_name).observe(result.queue_ns / 1e9)
+        metrics = served.executor.metrics
+        if metrics is not None:
+            metrics.requests.inc()
+            metrics.queue.observe(result.queue_ns / 1e9)
         wire_types = {out.name: CONFIG_TO_WIRE[out.data_type] for out in served.config.output}
         tensors = {
             name: OutputTensor(name, wire_types[name], array)

@@ -54,8 +54,9 @@ def stack_feeds(
     if pad_values is not None:
         return {name: _pad_concat([item[name] for item in feeds], pad_values.get(name, 0))
                 for name in first}  # fmt: skip
+    key = shape_key(first)
     for index, other in enumerate(feeds[1:], start=1):
-        if shape_key(other) != shape_key(first):
+        if shape_key(other) != key:
             raise RuntimeError(
                 f"request {index} of the batch does not stack with request 0: "
                 f"{_describe(other)} against {_describe(first)} (shape_key differs)"

@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -34,8 +36,22 @@ def reason_label(exc: BaseException) -> str:
     return _CAMEL.sub("_", type(exc).__name__).lower()
 
 
+@dataclass(frozen=True, slots=True)
+class ModelMetrics:
+    """One model's metric children, resolved once: ``labels()`` is too slow per request."""
+
+    requests: Any
+    queue: Any
+    compute: Any
+    batch_size: Any
+    pending: Any
+    real_tokens: Any
+    padded_tokens: Any
+
+
 class Metrics:
     def __init__(self) -> None:
+        self._models: dict[str, ModelMetrics] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "ortserve_requests", "Successful ModelInfer requests", ["model"], registry=self.registry
@@ -94,6 +110,20 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+
+    def model(self, name: str) -> ModelMetrics:
+        found = self._models.get(name)
+        if found is None:
+            found = self._models[name] = ModelMetrics(
+                requests=self.requests.labels(name),
+                queue=self.queue.labels(name),
+                compute=self.compute.labels(name),
+                batch_size=self.batch_size.labels(name),
+                pending=self.pending.labels(name),
+                real_tokens=self.tokens.labels(name, "real"),
+                padded_tokens=self.tokens.labels(name, "padded"),
+            )
+        return found
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics over HTTP; returns the bound port (``port`` 0 picks one)."""
