@@ -40,10 +40,10 @@ _SENTENCE = (
 WORDS = _SENTENCE.split(" ")
 BATCHING = {
     "tokens": 'parameters { key: "batch_grouping" value: { string_value: "length" } }\n'
-    'parameters { key: "max_batch_tokens" value: { string_value: "4096" } }\n',
+    'parameters { key: "max_batch_tokens" value: { string_value: "1024" } }\n',
     "count": 'parameters { key: "batch_grouping" value: { string_value: "arrival" } }\n',
 }
-COMMON = """max_batch_size: 32
+COMMON = """max_batch_size: 8
 dynamic_batching { max_queue_delay_microseconds: 3000 }
 parameters { key: "intra_op_thread_count" value: { string_value: "2" } }
 """
@@ -76,7 +76,7 @@ def tokens(metrics_url: str, model: str) -> tuple[float, float]:
     text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
     found = {}
     for kind in ("real", "padded"):
-        line = f'ortserve_tokens_total{{model="{model}",kind="{kind}"}} '
+        line = f'ortserve_tokens_total{{kind="{kind}",model="{model}"}} '  # labels sorted
         match = re.search(re.escape(line) + r"(\S+)", text)
         found[kind] = float(match.group(1)) if match else 0.0
     return found["real"], found["padded"]
