@@ -20,6 +20,7 @@ from ortserve_client.tensors import (
     datatype_of,
     decode_raw,
     encode_raw,
+    parameter_value,
 )
 
 Array = npt.NDArray[Any]
@@ -163,11 +164,6 @@ def build_request(
     if queue_timeout_us is not None:
         request.parameters["timeout"].uint64_param = queue_timeout_us
     return request
-
-
-def parameter_value(param: pb.InferParameter) -> Any:
-    choice = param.WhichOneof("parameter_choice")
-    return getattr(param, choice) if choice else None
 
 
 def parse_response(response: pb.ModelInferResponse, as_str: bool = False) -> InferResult:

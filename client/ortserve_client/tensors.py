@@ -199,6 +199,12 @@ def _dtype_for(name: str, datatype: str) -> np.dtype[Any]:
     return dtype
 
 
+def parameter_value(param: pb.InferParameter) -> Any:
+    """The Python value of an InferParameter (whichever of its fields is set), or None."""
+    choice = param.WhichOneof("parameter_choice")
+    return getattr(param, choice) if choice else None
+
+
 def decode_request_inputs(request: pb.ModelInferRequest) -> list[DecodedTensor]:
     """All inputs of a ModelInferRequest as numpy arrays, checking counts and sizes."""
     raw = request.raw_input_contents

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy.typing as npt
 
-from ortserve.datatypes import CONFIG_TO_WIRE
 from ortserve.errors import InvalidInput, ModelNotReady, OrtserveError
 from ortserve.observability.metrics import Metrics, reason_label
 from ortserve.registry.registry import ModelRegistry
@@ -133,7 +132,7 @@ class InferenceService:
         if metrics is not None:
             metrics.requests.inc()
             metrics.queue.observe(result.queue_ns / 1e9)
-        wire_types = {out.name: CONFIG_TO_WIRE[out.data_type] for out in served.config.output}
+        wire_types = served.output_types
         tensors = {
             name: OutputTensor(name, wire_types[name], array)
             for name, array in result.outputs.items()

@@ -8,12 +8,12 @@ from typing import Any
 from ortserve.errors import InvalidInput
 from ortserve.inference import InferRequest, InferResponse
 from ortserve_client._proto import grpc_service_pb2 as pb
-from ortserve_client.tensors import TensorError, decode_request_inputs, encode_raw
-
-
-def parameter_value(param: pb.InferParameter) -> Any:
-    choice = param.WhichOneof("parameter_choice")
-    return getattr(param, choice) if choice else None
+from ortserve_client.tensors import (
+    TensorError,
+    decode_request_inputs,
+    encode_raw,
+    parameter_value,
+)
 
 
 def parameters_dict(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:

@@ -390,10 +390,10 @@ class ModelRegistry:
     def names(self) -> list[str]:
         return sorted(self._models)
 
-    def index(self, include_unloaded: bool = True) -> list[IndexEntry]:
+    def index(self) -> list[IndexEntry]:
         rows: list[IndexEntry] = []
         names = set(self._models)
-        if include_unloaded and self._root.is_dir():
+        if self._root.is_dir():
             names |= set(model_dirs(self._root))
         for name in sorted(names):
             entry = self._models.get(name)

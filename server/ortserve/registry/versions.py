@@ -14,6 +14,7 @@ import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ortserve.datatypes import CONFIG_TO_WIRE
 from ortserve.errors import ModelLoadError
 from ortserve.execution import VersionExecutor
 from ortserve.observability.metrics import Metrics
@@ -40,9 +41,13 @@ class ServedVersion:
     executor: VersionExecutor
     fingerprint: str  # what was loaded: config text and the version folder's files
     text: TextPipeline | None = None
+    output_types: dict[str, str] = field(init=False)  # output name -> wire datatype
     leases: int = 0
     draining: bool = False
     _drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.output_types = {out.name: CONFIG_TO_WIRE[out.data_type] for out in self.config.output}
 
     @property
     def label(self) -> str:

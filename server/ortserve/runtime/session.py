@@ -19,7 +19,7 @@ import onnxruntime as ort
 from onnx import TensorProto
 
 from ortserve.datatypes import ORT_TO_CONFIG
-from ortserve.errors import InvalidInput, ModelLoadError
+from ortserve.errors import InvalidInput, ModelLoadError, ModelNotReady
 from ortserve.repository.config import Signature, TensorSpec
 from ortserve.runtime.options import ort_available_providers, provider_plan, session_options
 from ortserve_client._proto import model_config_pb2 as mc
@@ -69,6 +69,7 @@ class ModelSessions:
                 "through onnxruntime's Python API; cast the BF16 outputs to FP32 in the graph"
             )
         self._idle: asyncio.Queue[Any] | None = None
+        self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=count, thread_name_prefix="ort")
 
     @property
@@ -77,6 +78,8 @@ class ModelSessions:
 
     async def run(self, feeds: Mapping[str, Array], outputs: Sequence[str]) -> list[Array]:
         """Run on the next free instance, in its worker thread."""
+        if self._closed:  # the lazily built queue would come back empty and wait forever
+            raise ModelNotReady("this model version has been unloaded")
         if self._idle is None:  # created on first use so that it binds to the running loop
             self._idle = asyncio.Queue()
             for session in self._sessions:
@@ -124,6 +127,7 @@ class ModelSessions:
         """Release the sessions now: nothing may keep a reference to them (the idle queue
         holds every one), or their memory waits for the garbage collector."""
         self._executor.shutdown(wait=True)
+        self._closed = True
         self._sessions.clear()
         self._idle = None
 
