@@ -1,12 +1,14 @@
 """The transport's floor: a grpc.aio ModelInfer server answering from a cache, under load.
 
-    .venv/bin/python bench/grpc_floor.py
+    .venv/bin/python bench/grpc_floor.py [--streaming] [--loop uvloop]
 
 No ONNX Runtime, no batcher, no checks: the same protos and the same grpc.aio server the daemon
 uses, answering the encoder's ModelMetadata/ModelConfig and a fixed [1, 384] FP32 response.
 Runs perf_analyzer (the same flags as bench/ratio.py) at concurrency 1 and 64 and at a paced
 300 requests/s, and prints infer/s, p50/p99 and the server's CPU per request (its event-loop
 thread, and the whole process). What no Python gRPC server on this host can go below.
+--streaming: perf_analyzer over ModelStreamInfer (one stream per client); --loop uvloop: the
+server on uvloop (the daemon's default event loop when installed).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from bench.make_repo import MODEL, SEQ  # noqa: E402
 from bench.ratio import build_repos, pa_path, proc_cpu, proc_cpu_path  # noqa: E402
 
 
-def serve() -> None:
+def serve(loop: str) -> None:
     import grpc
     import numpy as np
 
@@ -86,6 +88,12 @@ def serve() -> None:
         async def ModelInfer(self, request: Any, context: Any) -> Any:
             return answer
 
+        async def ModelStreamInfer(self, requests: Any, context: Any) -> Any:
+            async for request in requests:  # perf_analyzer matches answers by request id
+                streamed = pb.ModelStreamInferResponse(infer_response=answer)
+                streamed.infer_response.id = request.id
+                yield streamed
+
     async def run() -> None:
         server = grpc.aio.server()
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(Cached(), server)  # type: ignore[abstract]
@@ -94,21 +102,31 @@ def serve() -> None:
         print(json.dumps({"event": "listening", "grpc_port": port}), flush=True)
         await server.wait_for_termination()
 
-    asyncio.run(run())
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--streaming", action="store_true", help="perf_analyzer --streaming")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--pa", help="perf_analyzer (default: $PA or the shared setup script)")
     args = parser.parse_args(argv)
     if args.serve:
-        serve()
+        serve(args.loop)
         return 0
     pa = pa_path(args.pa)
     _, data = build_repos(BENCH / ".ratio", [], rebuild=False)
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True, cwd=ROOT
+        [sys.executable, __file__, "--serve", "--loop", args.loop],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
     try:
         assert proc.stdout is not None
@@ -124,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ["timeout", "-k", "5", "60", pa, "-i", "grpc", "-u", f"127.0.0.1:{port}",
                  "-m", MODEL, "-b", "1", "--shape", f"input_ids:{SEQ}",
                  "--shape", f"attention_mask:{SEQ}", "--input-data", str(data),
-                 *mode, "-p", "3000", "-s", "1000", "-r", "3"],
+                 *mode, *(["--streaming"] if args.streaming else []),
+                 "-p", "3000", "-s", "1000", "-r", "3"],
                 capture_output=True, text=True, timeout=80, check=False,
             )  # fmt: skip
             wall = time.monotonic() - wall0

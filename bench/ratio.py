@@ -1,14 +1,16 @@
 """Served vs raw ONNX Runtime: the dynamic batcher's throughput ratio and single-client latency.
 
-    .venv/bin/python bench/ratio.py [--quick] [--variants spin,nospin] [--pin] [--profile]
+    .venv/bin/python bench/ratio.py [--quick] [--variants spin,nospin,spin+stream] [--profile]
 
-One run (default ~3-4 min, --quick ~1 min), in this order:
+One run (default ~6 min, --quick ~2 min), in this order:
 
 1. builds (or reuses) bench/.ratio/: the encoder (tests/factories encoder_model(), seq 32) once,
    and one repository per variant, whose config.pbtxt has max_batch_size 64,
    ``dynamic_batching { }`` (no delay: batch what queued while the session was busy) and
    intra_op_thread_count "2"; variant ``nospin`` adds session.intra_op.allow_spinning "0"
-   (``intra1`` and ``2x1`` exist for exploring, not run by default);
+   (``intra1``, ``2x1``, ``2x2``, ``dyn``... exist for exploring, not run by default); a name
+   ending in ``+stream`` (run by default for spin and nospin) is the same daemon driven by
+   perf_analyzer --streaming: one ModelStreamInfer stream per client instead of unary calls;
 2. measures raw in-process ONNX Runtime per variant (the daemon's own session options, read
    from that config.pbtxt by ortserve.runtime.options) at batch 1, 2, 4, ... 64, each size
    bounded to --raw-seconds (default 2); keeps the best seq/s and the batch-1 p50/p99;
@@ -82,11 +84,33 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 VARIANTS: dict[str, tuple[dict[str, str], str]] = {
     "spin": ({}, ""),  # ONNX Runtime's default: intra-op threads spin while waiting for work
     "nospin": ({"session.intra_op.allow_spinning": "0"}, ""),
+    # parallel loops hand out shrinking blocks on demand: a preempted thread holds less back
+    "dyn": ({"session.dynamic_block_base": "4"}, ""),
+    "nospin-dyn": (
+        {"session.intra_op.allow_spinning": "0", "session.dynamic_block_base": "4"},
+        "",
+    ),
     # not in the default run: one intra-op thread leaves a core to the event loop and the client
     "intra1": ({"intra_op_thread_count": "1"}, ""),
     # two single-threaded sessions: no parallel-for barrier, one batch forms while one runs
     "2x1": ({"intra_op_thread_count": "1"}, "instance_group { count: 2 kind: KIND_CPU }\n"),
+    # two 2-thread sessions: one fills the cores while the other's threads wait on each other
+    "2x2": ({}, "instance_group { count: 2 kind: KIND_CPU }\n"),
+    "2x2-nospin": (
+        {"session.intra_op.allow_spinning": "0"},
+        "instance_group { count: 2 kind: KIND_CPU }\n",
+    ),
 }
+
+
+#: A variant name ending in this runs perf_analyzer with --streaming (ModelStreamInfer) against
+#: the daemon of the variant before it: ``nospin+stream`` is nospin's daemon, over one stream.
+STREAM = "+stream"
+
+
+def base(variant: str) -> str:
+    """The repository / daemon / raw measurement behind a run label."""
+    return variant.removesuffix(STREAM)
 
 
 def config_text(variant: str) -> str:
@@ -396,10 +420,19 @@ async def _layers(repo: Path, seconds: float, concurrency: int) -> dict[str, Any
 
 
 def measure_layers(repo: Path, seconds: float, concurrency: int = 64) -> dict[str, Any]:
+    """On the daemon's own event loop and GIL switch interval (ortserve.cli / ortserve.app)."""
+    from ortserve.app import SWITCH_INTERVAL_S
+    from ortserve.cli import loop_factory
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
-        return asyncio.run(_layers(repo, seconds, concurrency))
+        with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
+            return runner.run(_layers(repo, seconds, concurrency))
     except Exception as exc:  # the server's internals move under us: report, do not stop
         return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        sys.setswitchinterval(interval)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -674,6 +707,7 @@ def run_pa(
             str(data),
             "--concurrency-range",
             f"{concurrency}:{concurrency}",
+            *(["--streaming"] if variant.endswith(STREAM) else []),
             "-f",
             str(csv_path),
             *flags,
@@ -954,7 +988,8 @@ def table(results: Sequence[PaResult], raw: dict[str, RawResult]) -> list[str]:
         if not r.ok:
             lines.append(f"| {r.variant} | {c} | — ({r.note}) | | | | | | | | | | {cpu} |")
             continue
-        own = r.infer_per_s / raw[r.variant].best_rate if r.variant in raw else float("nan")
+        mine = raw.get(base(r.variant))
+        own = r.infer_per_s / mine.best_rate if mine is not None else float("nan")
         batch = f"{r.mean_batch:.1f}" if r.mean_batch else "—"
         lines.append(
             f"| {r.variant} | {c} | {r.infer_per_s:.0f} | {own:.2f} "
@@ -1019,7 +1054,9 @@ def raw_lines(raw: dict[str, RawResult]) -> list[str]:
 
 def target_lines(results: Sequence[PaResult], raw: dict[str, RawResult]) -> list[str]:
     lines = []
-    for name, r in raw.items():
+    labels = dict.fromkeys(x.variant for x in results if base(x.variant) in raw)
+    for name in labels:
+        r = raw[base(name)]
         mine = {
             x.concurrency: x for x in results if x.variant == name and x.ok and not x.version_flag
         }
@@ -1114,7 +1151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="~1 min: raw 1 s per size, c=1 and 64 only, -p 2000, no -x check",
     )
     parser.add_argument(
-        "--variants", default="spin,nospin", help="comma-separated, from: " + ", ".join(VARIANTS)
+        "--variants",
+        default="spin,nospin,spin+stream,nospin+stream",
+        help="comma-separated, from: " + ", ".join(VARIANTS) + "; NAME+stream: perf_analyzer "
+        "--streaming (ModelStreamInfer) against NAME's daemon",
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=None)
     parser.add_argument(
@@ -1124,7 +1164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--budget",
         type=float,
         default=None,
-        help="seconds for the whole run (default 240, --quick 90)",
+        help="seconds for the whole run (default 420, --quick 150)",
     )
     parser.add_argument(
         "--pin",
@@ -1147,12 +1187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.monotonic()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [v for v in variants if base(v) not in VARIANTS]
     if unknown or not variants:
-        parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+        parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)} (+stream)")
+    bases = list(dict.fromkeys(base(v) for v in variants))
     concurrencies = args.concurrency or ((1, 64) if args.quick else CONCURRENCY)
     raw_seconds = args.raw_seconds or (1.0 if args.quick else 2.0)
-    budget = args.budget or (90.0 if args.quick else 240.0)
+    budget = args.budget or (150.0 if args.quick else 420.0)
     interval = "2000" if args.quick else "3000"
     flag_sets = [["-p", interval, "-s", "25", "-r", "6"], ["-p", interval, "-s", "40", "-r", "10"]]
     x_check = not (args.no_x_check or args.quick)
@@ -1164,7 +1205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = BENCH / "results" / f"ratio-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
-    repos, data = build_repos(BENCH / ".ratio", variants, args.rebuild)
+    repos, data = build_repos(BENCH / ".ratio", bases, args.rebuild)
     notes: list[str] = []
     load_before, psi_before = os.getloadavg(), cpu_pressure()
     print(
@@ -1179,11 +1220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.pin:
             os.sched_setaffinity(0, {0})
-        for name in variants:
+        for name in bases:
             raw[name] = measure_raw(repos[name], raw_seconds, BATCH_SIZES)
             print(raw_lines({name: raw[name]})[0], flush=True)
         if not args.no_layers:
-            for name in variants:
+            for name in bases:
                 raw[name].layers = measure_layers(repos[name], min(raw_seconds / 2, 0.8))
             for line in layer_lines(raw, []):
                 print(line, flush=True)
@@ -1227,9 +1268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 break
             c, name = pending.pop(0)
-            before = prober.probe(name)
-            result = run_pa(pa, running[name], name, c, data, out, flag_sets, cpus=cpus_pa)
-            after = prober.probe(name)
+            before = prober.probe(base(name))
+            result = run_pa(pa, running[base(name)], name, c, data, out, flag_sets, cpus=cpus_pa)
+            after = prober.probe(base(name))
             result.raw_now_rate = (before[0] + after[0]) / 2
             result.raw_now_b1_p50_ms = (before[1] + after[1]) / 2
             results.append(result)
@@ -1248,7 +1289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
         if x_check:
-            name = variants[0]
+            name = bases[0]
             flags = [
                 ["-p", "2000", "-s", "1000", "-r", "3"]
             ]  # any variation: a check, not a figure
@@ -1293,7 +1334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     name = max(scored, key=lambda v: scored[v])
             print(f"  profiling `{name}` at c=64 with py-spy (20 s)...", flush=True)
             profile = profile_daemon(
-                pa, running[name], name, data, out, not args.no_native, cpus_pa
+                pa, running[base(name)], name, data, out, not args.no_native, cpus_pa
             )
             if profile is not None:
                 profile["variant"] = name

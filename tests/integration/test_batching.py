@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -13,7 +14,7 @@ import tritonclient.grpc as tg
 
 from ortserve_client._proto import grpc_service_pb2 as pb
 from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import Daemon, start_daemon
+from tests.conftest import Daemon, DaemonFactory, start_daemon
 from tests.factories.onnx_models import add_model, slow_model, two_output_model, write_model
 
 SLOW = 'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
@@ -280,3 +281,47 @@ def test_prometheus_metrics(daemon: Daemon) -> None:
     assert "ortserve_batch_size_bucket" in text
     assert "ortserve_queue_duration_seconds_bucket" in text
     assert "ortserve_pending_requests" in text
+
+
+def test_streamed_requests_are_batched_too(daemon: Daemon) -> None:
+    """perf_analyzer --streaming's path: many requests in flight on one stream form batches,
+    and each answer (matched by id) holds its own request's rows."""
+    rng = np.random.default_rng(7)
+    inputs = [rng.standard_normal((1, 4)).astype(np.float32) for _ in range(48)]
+    requests = []
+    for index, x in enumerate(inputs):
+        request = _request("batched", x)
+        request.id = f"r{index}"
+        requests.append(request)
+    with grpc.insecure_channel(daemon.address) as channel:
+        answers = list(
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter(requests), timeout=30)
+        )
+    assert len(answers) == len(inputs)
+    sizes = set()
+    for answer in answers:
+        assert answer.error_message == ""
+        response = answer.infer_response
+        x = inputs[int(response.id.removeprefix("r"))]
+        np.testing.assert_array_equal(_output(response), x + np.float32(10.0))
+        sizes.add(response.parameters["batch_size"].int64_param)
+    assert max(sizes) > 1  # 48 requests in flight at once did not run one by one
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_either_event_loop_serves_and_says_which(loop: str, daemon_factory: DaemonFactory,
+                                                 tmp_path: Path) -> None:  # fmt: skip
+    write_model(
+        tmp_path / "repo",
+        "batched",
+        add_model(offset=10.0),
+        config="max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 2000 }\n",
+    )
+    started = daemon_factory(tmp_path / "repo", "--event-loop", loop)
+    listening = [r for r in started.log_records() if r.get("event") == "listening"]
+    assert listening[0]["event_loop"] == loop
+    inputs = [np.full((1, 4), i, np.float32) for i in range(16)]
+    responses = asyncio.run(_concurrent(started.address, "batched", inputs))
+    for x, response in zip(inputs, responses, strict=True):
+        assert isinstance(response, pb.ModelInferResponse), response
+        np.testing.assert_array_equal(_output(response), x + np.float32(10.0))
