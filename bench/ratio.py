@@ -250,9 +250,16 @@ def measure_raw(repo: Path, seconds: float, sizes: Sequence[int]) -> RawResult:
     sessions = ort_sessions(repo)
     rates: dict[int, float] = {}
     wall, busy, mine = time.perf_counter(), machine_busy(), _self_cpu()
-    for batch in sizes:
-        rates[batch], _ = rate_of(sessions, batch, seconds)
-    b1 = time_runs(sessions[0], 1, seconds)  # one request at a time: one instance busy
+    b1: list[float] = []
+    # Two sweeps, up then down, each size keeping its better figure: one slow second of this
+    # shared host must not make the ceiling (and so the served ratio) look better than it is.
+    for order in (list(sizes), list(reversed(sizes))):
+        for batch in order:
+            rate, _ = rate_of(sessions, batch, seconds)
+            rates[batch] = max(rates.get(batch, 0.0), rate)
+        times = time_runs(sessions[0], 1, seconds)  # one request at a time: one instance busy
+        if not b1 or np.percentile(times, 50) < np.percentile(b1, 50):
+            b1 = times
     other = (machine_busy() - busy) - (_self_cpu() - mine)
     other_pct = round(100 * max(other, 0.0) / (time.perf_counter() - wall))
     del sessions
@@ -1053,20 +1060,23 @@ def raw_lines(raw: dict[str, RawResult]) -> list[str]:
 
 
 def target_lines(results: Sequence[PaResult], raw: dict[str, RawResult]) -> list[str]:
+    """c=64 is judged against the ceiling: the best raw rate of any variant's options."""
     lines = []
     labels = dict.fromkeys(x.variant for x in results if base(x.variant) in raw)
+    ceiling = max(raw.values(), key=lambda r: r.best_rate)
     for name in labels:
         r = raw[base(name)]
         mine = {
             x.concurrency: x for x in results if x.variant == name and x.ok and not x.version_flag
         }
         if 64 in mine:
-            ratio = mine[64].infer_per_s / r.best_rate
+            ratio = mine[64].infer_per_s / ceiling.best_rate
             verdict = "met" if ratio >= 0.9 else "NOT met"
             now = mine[64].raw_now_rate
             lines.append(
-                f"- `{name}` c=64: {mine[64].infer_per_s:.0f} / {r.best_rate:.0f} = "
-                f"{ratio:.2f}x raw best (target ≥ 0.90: {verdict})"
+                f"- `{name}` c=64: {mine[64].infer_per_s:.0f} / {ceiling.best_rate:.0f} = "
+                f"{ratio:.2f}x the raw ceiling (target ≥ 0.90: {verdict}); "
+                f"{mine[64].infer_per_s / r.best_rate:.2f}x its own options' raw best"
                 + (
                     f"; against raw probed around the run ({now:.0f}): "
                     f"{mine[64].infer_per_s / now:.2f}x"
