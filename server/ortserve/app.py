@@ -188,7 +188,8 @@ async def serve(settings: ServeSettings) -> int:
     gc.freeze()
     # A worker thread coming back with a finished batch needs the GIL to hand it over and to
     # start the next one; at CPython's default 5 ms switch interval it waited ~4-5 ms for the
-    # busy event-loop thread, idling its session ~9 % of the time at 64 clients.
+    # busy event-loop thread, idling its session ~9 % of the time at 64 clients (1.1-1.5 ms
+    # between batches at 0.5 ms; bench/README.md).
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     gc.set_threshold(10_000, 20, 20)
     watcher = None

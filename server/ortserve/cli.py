@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop for ``--event-loop``: None is asyncio's own.
 
-    uvloop costs the loop thread ~15 % less CPU per gRPC request here (bench/README.md), which
-    on a small machine is CPU handed back to ONNX Runtime.
+    uvloop costs the loop thread 11-18 % less CPU per gRPC request here (bench/README.md),
+    which on a small machine is CPU handed back to ONNX Runtime.
     """
     if choice == "asyncio":
         return None
