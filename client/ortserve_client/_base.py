@@ -4,6 +4,7 @@ metadata, parsing responses, and the channel's options. No I/O here."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -197,6 +198,73 @@ class ChannelSettings:
     metadata: tuple[tuple[str, str], ...]
 
 
+def split_target(target: str) -> tuple[str, int]:
+    """``"host:port"`` or ``"[ipv6]:port"`` as (host, port); ValueError naming the target."""
+    example = "give 'host:port', or '[ipv6]:port' for an IPv6 literal"
+    if target.startswith("["):
+        host, bracket, rest = target[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError(f"target '{target}' is not valid: {example}")
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = target.rpartition(":")
+        if not colon or ":" in host:
+            raise ValueError(f"target '{target}' is not valid: {example}")
+    if not host or any(c.isspace() or c in "/,[]" for c in host):
+        raise ValueError(f"target '{target}' is not valid: {example}")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"target '{target}' has no valid port (1-65535): {example}")
+    return host, int(port_text)
+
+
+def resolve_target(target: str) -> tuple[list[str], list[str]]:
+    """The IPv4 and IPv6 addresses of ``"host:port"``, each as a gRPC address (``1.2.3.4:80``,
+    ``[::1]:80``), in the resolver's order without duplicates."""
+    host, port = split_target(target)
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ValueError(f"target '{target}': cannot resolve host '{host}' ({exc})") from None
+    ipv4: list[str] = []
+    ipv6: list[str] = []
+    for family, _, _, _, sockaddr in found:
+        if family == socket.AF_INET:
+            address = f"{sockaddr[0]}:{port}"
+            if address not in ipv4:
+                ipv4.append(address)
+        elif family == socket.AF_INET6:
+            # A link-local address keeps its zone ("fe80::1%eth0"), percent-encoded in the URI.
+            address = "[" + str(sockaddr[0]).replace("%", "%25") + f"]:{port}"
+            if address not in ipv6:
+                ipv6.append(address)
+    if not ipv4 and not ipv6:
+        raise ValueError(f"target '{target}': host '{host}' has no IPv4 or IPv6 address")
+    return ipv4, ipv6
+
+
+def balanced_target(targets: Sequence[str]) -> str:
+    """Several ``"host:port"`` targets as one gRPC ``ipv4:`` or ``ipv6:`` address list.
+
+    Each host is resolved here, once (gRPC's ``ipv4:``/``ipv6:`` lists take IP literals only, and
+    one list cannot mix the two families). The rule: IPv4 when every target has an IPv4 address,
+    else IPv6 when every target has an IPv6 address, else ValueError. Every address of a host is
+    taken (a host with several records gets each its share), duplicates once.
+    """
+    resolved = [(target, *resolve_target(target)) for target in targets]
+    for family, index in (("ipv4", 1), ("ipv6", 2)):
+        if all(entry[index] for entry in resolved):
+            addresses: list[str] = []
+            for entry in resolved:
+                addresses += [a for a in entry[index] if a not in addresses]
+            return f"{family}:" + ",".join(addresses)
+    only4 = [target for target, _, v6 in resolved if not v6]
+    only6 = [target for target, v4, _ in resolved if not v4]
+    raise ValueError(
+        f"targets {only4} resolve to IPv4 only and {only6} to IPv6 only; one client balances "
+        "over one address family: give targets of the same family"
+    )
+
+
 def channel_settings(
     targets: str | Sequence[str],
     *,
@@ -211,12 +279,18 @@ def channel_settings(
 ) -> ChannelSettings:
     """One target, or several behind gRPC's own round_robin balancer; UNAVAILABLE retried with
     backoff by gRPC's retry policy (at most 4 retries: gRPC caps attempts at 5); TLS/mTLS; a
-    bearer token sent as metadata."""
+    bearer token sent as metadata.
+
+    One target is given to gRPC as it is (any gRPC target: ``host:port``, ``dns:///...``,
+    ``unix:...``), resolved by gRPC. Several targets are ``host:port`` or ``[ipv6]:port``, resolved
+    here once into one ``ipv4:``/``ipv6:`` list (see ``balanced_target``); ValueError names a
+    target that is malformed or cannot be resolved. With TLS and several targets, give
+    ``server_name``: the name the servers' certificates carry."""
     if isinstance(targets, str):
         targets = [targets]
     if not targets:
         raise ValueError("give at least one target, e.g. '127.0.0.1:8001'")
-    target = targets[0] if len(targets) == 1 else "ipv4:" + ",".join(targets)
+    target = targets[0] if len(targets) == 1 else balanced_target(targets)
     methods: list[dict[str, Any]] = []
     if retries > 0:
         policy = {

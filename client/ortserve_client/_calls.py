@@ -27,7 +27,7 @@ from ortserve_client._base import (
 )
 from ortserve_client._proto import grpc_service_pb2 as pb
 from ortserve_client._proto import model_config_pb2 as mc
-from ortserve_client.errors import InferenceServerError, error_for
+from ortserve_client.errors import InferenceServerError, InvalidArgumentError, error_for
 
 T = TypeVar("T")
 
@@ -108,11 +108,66 @@ class InferOptions:
     as_str: bool = False
 
 
+def input_arrays(inputs: Inputs) -> dict[str, Array]:
+    return {name: to_array(name, value) for name, value in inputs.items()}
+
+
+class Signatures:
+    """The model signatures a client caches to check inputs locally, by (model, version).
+
+    A cached signature can go stale: a hot reload may serve a new version whose inputs differ.
+    So inputs that the cached signature refuses are not refused at once: the caller fetches the
+    metadata again and checks once more against it (``check_fetched``). Both clients follow::
+
+        arrays = input_arrays(inputs)
+        if signatures.needs_fetch(model, version, arrays):
+            signatures.check_fetched(model, version, arrays, <ModelMetadata, awaited or not>)
+    """
+
+    def __init__(self, validate: bool) -> None:
+        self.validate = validate
+        self._cached: dict[tuple[str, str], ModelSignature] = {}
+
+    def needs_fetch(self, model: str, version: str | None, arrays: Mapping[str, Array]) -> bool:
+        """False when validation is off or the cached signature accepts the arrays; True when
+        nothing is cached or the cached signature refuses them (it may be stale)."""
+        if not self.validate:
+            return False
+        signature = self._cached.get((model, version or ""))
+        if signature is None:
+            return True
+        try:
+            check_inputs(model, arrays, signature)
+        except InvalidArgumentError:
+            return True
+        return False
+
+    def check_fetched(
+        self,
+        model: str,
+        version: str | None,
+        arrays: Mapping[str, Array],
+        metadata: pb.ModelMetadataResponse,
+    ) -> None:
+        """Cache the freshly fetched signature and check the arrays against it: the local
+        InvalidArgumentError is raised only now, against the server's current signature."""
+        signature = ModelSignature.from_metadata(metadata)
+        self._cached[(model, version or "")] = signature
+        check_inputs(model, arrays, signature)
+
+    def drop(self, model: str, version: str | None = None) -> None:
+        """Forget one (model, version), or with no version every version of the model."""
+        if version is None:
+            for key in [key for key in self._cached if key[0] == model]:
+                del self._cached[key]
+        else:
+            self._cached.pop((model, version), None)
+
+
 def infer_request(
-    model: str, inputs: Inputs, options: InferOptions, signature: ModelSignature | None
+    model: str, arrays: Mapping[str, Array], options: InferOptions
 ) -> pb.ModelInferRequest:
-    arrays: dict[str, Array] = {name: to_array(name, value) for name, value in inputs.items()}
-    check_inputs(model, arrays, signature)
+    """A ModelInferRequest for arrays already checked (or not to be checked)."""
     return build_request(
         model,
         arrays,

@@ -13,7 +13,6 @@ from ortserve_client._base import (
     Array,
     InferResult,
     Inputs,
-    ModelSignature,
     Parameters,
     channel_settings,
 )
@@ -72,9 +71,8 @@ class AsyncClient:
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._metadata = settings.metadata
         self._timeout = timeout
-        self._validate = validate
         self._wait_for_ready = wait_for_ready
-        self._signatures: dict[tuple[str, str], ModelSignature] = {}
+        self._signatures = _calls.Signatures(validate)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -145,7 +143,7 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> None:
         """Load or reload a model. ``await client.load_model("add")``"""
-        self._signatures.pop((model, ""), None)
+        self._signatures.drop(model)  # a reload may change any version
         await self._call(_calls.load_model(model, config, files), timeout)
 
     async def unload_model(
@@ -159,17 +157,6 @@ class AsyncClient:
     ) -> pb.ModelStatisticsResponse:
         """Triton-style statistics. ``(await client.statistics("add")).model_stats``"""
         return await self._call(_calls.statistics(model, version), timeout)
-
-    async def _signature(
-        self, model: str, version: str | None, timeout: float | None
-    ) -> ModelSignature | None:
-        if not self._validate:
-            return None
-        key = (model, version or "")
-        if key not in self._signatures:
-            meta = await self.model_metadata(model, version, timeout=timeout)
-            self._signatures[key] = ModelSignature.from_metadata(meta)
-        return self._signatures[key]
 
     async def infer(
         self,
@@ -197,13 +184,16 @@ class AsyncClient:
             class_counts,
             as_str,
         )
-        signature = await self._signature(model, version, timeout)
-        request = _calls.infer_request(model, inputs, options, signature)
+        arrays = _calls.input_arrays(inputs)
+        if self._signatures.needs_fetch(model, version, arrays):  # none cached, or it refuses
+            metadata = await self.model_metadata(model, version, timeout=timeout)
+            self._signatures.check_fetched(model, version, arrays, metadata)
+        request = _calls.infer_request(model, arrays, options)
         try:
             return await self._call(_calls.infer(request, as_str), timeout)
         except InferenceServerError as exc:
             if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
-                self._signatures.pop((model, version or ""), None)
+                self._signatures.drop(model, version or "")
             raise
 
     async def stream_infer(
@@ -219,10 +209,14 @@ class AsyncClient:
         async def messages() -> AsyncIterator[pb.ModelInferRequest]:
             if isinstance(requests, AsyncIterable):
                 async for model, inputs in requests:
-                    yield _calls.infer_request(model, inputs, _calls.InferOptions(), None)
+                    yield _calls.infer_request(
+                        model, _calls.input_arrays(inputs), _calls.InferOptions()
+                    )
             else:
                 for model, inputs in requests:
-                    yield _calls.infer_request(model, inputs, _calls.InferOptions(), None)
+                    yield _calls.infer_request(
+                        model, _calls.input_arrays(inputs), _calls.InferOptions()
+                    )
 
         call = self._stub.ModelStreamInfer(
             messages(),

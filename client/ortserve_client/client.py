@@ -13,7 +13,6 @@ from ortserve_client._base import (
     Array,
     InferResult,
     Inputs,
-    ModelSignature,
     Parameters,
     channel_settings,
 )
@@ -28,14 +27,19 @@ T = TypeVar("T")
 class Client:
     """A client for any server speaking the KServe v2 / Triton gRPC API.
 
-    ``targets``: ``"host:8001"``, or several (``["h1:8001", "h2:8001"]``) balanced by gRPC's own
-    round_robin policy. UNAVAILABLE is retried with backoff (``retries``, at most 4: gRPC's cap);
+    ``targets``: ``"host:8001"`` (any gRPC target, resolved by gRPC), or several
+    (``["h1:8001", "h2:8001"]``, ``"[ipv6]:port"`` for IPv6 literals) balanced by gRPC's own
+    round_robin policy. Several targets are resolved once, when the client is built, into IPv4
+    addresses when every host has one, else IPv6 when every host has one (gRPC cannot balance
+    over both families); ValueError names a target that is malformed or cannot be resolved.
+    UNAVAILABLE is retried with backoff (``retries``, at most 4: gRPC's cap);
     ``wait_for_ready=True`` makes a call wait out a server that is down (a restart) within its
     deadline instead of failing. ``timeout`` is the default deadline of every call, in seconds;
     each call can set its own. ``validate`` checks inputs against the model's metadata (fetched
-    once per model) before sending. TLS: ``tls=True``
-    (system roots) or ``root_certificates``; mTLS adds ``certificate_chain`` and ``private_key``.
-    ``token`` is sent as ``authorization: Bearer <token>``.
+    once per model, and again when the cached one refuses the inputs: a hot reload may have
+    changed them) before sending. TLS: ``tls=True`` (system roots) or ``root_certificates``;
+    mTLS adds ``certificate_chain`` and ``private_key``; with several targets give
+    ``server_name``. ``token`` is sent as ``authorization: Bearer <token>``.
 
     Example::
 
@@ -77,9 +81,8 @@ class Client:
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._metadata = settings.metadata
         self._timeout = timeout
-        self._validate = validate
         self._wait_for_ready = wait_for_ready
-        self._signatures: dict[tuple[str, str], ModelSignature] = {}
+        self._signatures = _calls.Signatures(validate)
 
     def __enter__(self) -> Client:
         return self
@@ -155,7 +158,7 @@ class Client:
         ``"<version>/<name>"`` to bytes.
 
         ``client.load_model("add", config={"max_batch_size": 8})``"""
-        self._signatures.pop((model, ""), None)
+        self._signatures.drop(model)  # a reload may change any version
         self._call(_calls.load_model(model, config, files), timeout)
 
     def unload_model(
@@ -171,17 +174,6 @@ class Client:
         return self._call(_calls.statistics(model, version), timeout)
 
     # -- inference -----------------------------------------------------------------------------
-
-    def _signature(
-        self, model: str, version: str | None, timeout: float | None
-    ) -> ModelSignature | None:
-        if not self._validate:
-            return None
-        key = (model, version or "")
-        if key not in self._signatures:
-            meta = self.model_metadata(model, version, timeout=timeout)
-            self._signatures[key] = ModelSignature.from_metadata(meta)
-        return self._signatures[key]
 
     def infer(
         self,
@@ -213,14 +205,16 @@ class Client:
             class_counts,
             as_str,
         )
-        request = _calls.infer_request(
-            model, inputs, options, self._signature(model, version, timeout)
-        )
+        arrays = _calls.input_arrays(inputs)
+        if self._signatures.needs_fetch(model, version, arrays):  # none cached, or it refuses
+            metadata = self.model_metadata(model, version, timeout=timeout)
+            self._signatures.check_fetched(model, version, arrays, metadata)
+        request = _calls.infer_request(model, arrays, options)
         try:
             return self._call(_calls.infer(request, as_str), timeout)
         except InferenceServerError as exc:
             if exc.code == grpc.StatusCode.INVALID_ARGUMENT:
-                self._signatures.pop((model, version or ""), None)  # a new version may differ
+                self._signatures.drop(model, version or "")  # a new version may differ
             raise
 
     def stream_infer(
@@ -236,7 +230,7 @@ class Client:
         ``for r in client.stream_infer([("add", {"x": x1}), ("add", {"x": x2})]): ...``
         """
         messages = (
-            _calls.infer_request(model, inputs, _calls.InferOptions(), None)
+            _calls.infer_request(model, _calls.input_arrays(inputs), _calls.InferOptions())
             for model, inputs in requests
         )
         try:

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import signal
 import sys
+from collections.abc import Awaitable
 from importlib import metadata as importlib_metadata
 
 import grpc
@@ -56,8 +57,31 @@ async def _shut_down(
     log.info("stopping", drain_seconds=settings.drain_seconds, grace_seconds=settings.grace_seconds)
     servicer.ready = False
     await health.set_server(False)
+    graceful = asyncio.ensure_future(_drain(settings, server, inference, watcher, loop))
+
+    def at_once() -> None:
+        if not graceful.done():
+            log.warning("second signal: stopping at once")
+            graceful.cancel()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop(0)))
+        loop.add_signal_handler(sig, at_once)
+    await asyncio.wait([graceful])
+    if graceful.cancelled():
+        await server.stop(0)  # cancels what is still running; its callers get CANCELLED
+    else:
+        graceful.result()
+    await registry.close()
+    log.info("requests", admitted=inference.admitted, answered=inference.answered)
+
+
+async def _drain(
+    settings: ServeSettings,
+    server: grpc.aio.Server,
+    inference: InferenceService,
+    watcher: RepositoryWatcher | None,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
     if watcher is not None:
         await watcher.aclose()
     if settings.drain_seconds > 0:
@@ -70,8 +94,20 @@ async def _shut_down(
     except TimeoutError:
         log.warning("requests still running after the grace period; stopping anyway")
     await server.stop(max(deadline - loop.time(), 0.0) + 0.5)
-    await registry.close()
-    log.info("requests", admitted=inference.admitted, answered=inference.answered)
+
+
+async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Run ``work`` unless a stop signal comes first; then cancel it. True if it finished."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    await asyncio.wait([task])
+    return False
 
 
 def _control_hint(settings: ServeSettings) -> str | None:
@@ -181,7 +217,14 @@ async def serve(settings: ServeSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    await _load_initial(settings, registry)
+    if not await _unless_stopped(_load_initial(settings, registry), stop):
+        # Never ready, so no traffic to drain. A version already loading in a worker thread
+        # finishes there before the process can exit.
+        log.info("stopping during start-up: models not all loaded")
+        await server.stop(0)
+        await registry.close()
+        log.info("stopped")
+        return 0
     registry.started = True
     # What start-up built (sessions, configs, modules) lives on: keep the collector off it, and
     # let it run less often, so that it stays off the request path.

@@ -111,6 +111,7 @@ _FLAGS: dict[str, _Flag] = {
 }
 
 _TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
 
 
 def env_name(field_name: str) -> str:
@@ -127,7 +128,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
         spec = defaults[name]
         fallback = spec.default_factory() if spec.default_factory is not MISSING else spec.default
         if flag.kind is bool:
-            default: Any = raw.strip().lower() in _TRUE if raw is not None else fallback
+            default: Any = _env_bool(parser, env, raw) if raw is not None else fallback
             parser.add_argument(option, dest=name, action="store_true", default=default,
                                 help=f"{flag.help}; env {env}=1")  # fmt: skip
             continue
@@ -136,7 +137,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
             parser.add_argument(option, dest=name, action="append", default=default,
                                 metavar="NAME", help=f"{flag.help}; env {env}=a,b")  # fmt: skip
             continue
-        default = flag.kind(raw) if raw is not None else fallback
+        default = _env_value(parser, env, raw, flag) if raw is not None else fallback
         required = default is MISSING
         shown = "" if required else f" (default: {default})"
         parser.add_argument(
@@ -148,6 +149,25 @@ def add_serve_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
             required=required,
             help=f"{flag.help}{shown}; env {env}",
         )
+
+
+def _env_value(parser: argparse.ArgumentParser, env: str, raw: str, flag: _Flag) -> Any:
+    """A variable's value, held to the same type and choices as its flag (argparse checks
+    neither on a default)."""
+    try:
+        value = flag.kind(raw)
+    except ValueError:
+        parser.error(f"{env}={raw!r} is not a valid {flag.kind.__name__}")
+    if flag.choices and value not in flag.choices:
+        parser.error(f"{env}={raw!r}: choose from {', '.join(map(str, flag.choices))}")
+    return value
+
+
+def _env_bool(parser: argparse.ArgumentParser, env: str, raw: str) -> bool:
+    word = raw.strip().lower()
+    if word not in _TRUE + _FALSE:
+        parser.error(f"{env}={raw!r}: use 1/true/yes/on or 0/false/no/off")
+    return word in _TRUE
 
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:

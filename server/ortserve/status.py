@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from ortserve.protocol.auth import read_tokens
 from ortserve_client import Client, InferenceServerError
 from ortserve_client._proto import grpc_service_pb2 as pb
 
@@ -25,18 +26,29 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca", type=Path, help="PEM CA bundle: connect with TLS")
     parser.add_argument("--cert", type=Path, help="PEM client certificate (mTLS)")
     parser.add_argument("--key", type=Path, help="PEM client key (mTLS)")
-    parser.add_argument("--token-file", type=Path, help="file whose first line is the bearer token")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help="file with the bearer token (its first token line, as the daemon reads it)",
+    )
 
 
 def run_status(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    token = args.token_file.read_text().splitlines()[0].strip() if args.token_file else None
+    try:
+        token = read_tokens(args.token_file)[0] if args.token_file else None
+        ca, cert, key = (
+            path.read_bytes() if path else None for path in (args.ca, args.cert, args.key)
+        )
+    except (OSError, ValueError) as exc:  # a missing file, or a token file with no token
+        print(f"ortserve status: {exc}", file=sys.stderr)
+        return 2
     try:
         with Client(
             args.target,
             timeout=args.timeout,
-            root_certificates=args.ca.read_bytes() if args.ca else None,
-            certificate_chain=args.cert.read_bytes() if args.cert else None,
-            private_key=args.key.read_bytes() if args.key else None,
+            root_certificates=ca,
+            certificate_chain=cert,
+            private_key=key,
             token=token,
             retries=0,
         ) as client:

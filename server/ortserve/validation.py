@@ -83,7 +83,14 @@ def _reshaped(entry: mc.ModelInput, array: Array, batch: int | None) -> Array:
     """Apply the config's ``reshape``: clients send ``dims``, the model takes ``reshape``."""
     if not entry.HasField("reshape"):
         return array
-    return array.reshape(([batch] if batch is not None else []) + list(entry.reshape.shape))
+    shape = ([batch] if batch is not None else []) + list(entry.reshape.shape)
+    try:
+        return array.reshape(shape)
+    except ValueError:  # dims with -1 let sizes through that the fixed reshape cannot take
+        raise InvalidInput(
+            f"input '{entry.name}': shape {list(array.shape)} ({array.size} elements) does not "
+            f"fit the model's reshape {shape}"
+        ) from None
 
 
 def check_outputs(

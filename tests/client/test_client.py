@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -296,3 +297,98 @@ def test_a_call_sequence_rides_out_a_daemon_restart(tmp_path: Path) -> None:
     finally:
         for started in replacement:
             started.stop()
+
+
+def _can_listen_on_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_several_targets_by_host_name_answer_sync_and_async(daemon: Daemon) -> None:
+    targets = [f"localhost:{daemon.port}", daemon.address]  # both reach the one daemon
+    with Client(targets, timeout=20) as client:
+        assert client.live()
+        np.testing.assert_array_equal(client.infer("add", {"x": X})["y"], X + 2)
+
+    async def run() -> None:
+        async with AsyncClient(targets, timeout=20) as aclient:
+            assert await aclient.live()
+            np.testing.assert_array_equal((await aclient.infer("add", {"x": X}))["y"], X + 2)
+
+    asyncio.run(run())
+
+
+@pytest.mark.skipif(not _can_listen_on_ipv6_loopback(), reason="no IPv6 loopback here")
+def test_several_ipv6_literal_targets_answer(tmp_path: Path, daemon_factory: DaemonFactory) -> None:
+    repo = tmp_path / "repo"
+    write_model(repo, "add", add_model())
+    daemon = daemon_factory(repo, "--host", "::1", wait_ready=False)
+    targets = [f"[::1]:{daemon.port}", f"[0:0:0:0:0:0:0:1]:{daemon.port}"]
+    with Client(targets, timeout=20, wait_for_ready=True) as client:
+        assert client.live()
+        np.testing.assert_array_equal(client.infer("add", {"x": X})["y"], X + 1)
+
+    async def run() -> None:
+        async with AsyncClient(targets, timeout=20, wait_for_ready=True) as aclient:
+            assert await aclient.live()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+def test_several_targets_refuse_bad_ones_by_name(cls: type[Client] | type[AsyncClient]) -> None:
+    with pytest.raises(ValueError, match=r"'no-such-host\.invalid:8001'.*cannot resolve"):
+        cls(["127.0.0.1:8001", "no-such-host.invalid:8001"])
+    with pytest.raises(ValueError, match=r"target '::1:8001' is not valid.*\[ipv6\]:port"):
+        cls(["127.0.0.1:8001", "::1:8001"])
+    with pytest.raises(ValueError, match=r"target 'h1' is not valid"):
+        cls(["h1", "127.0.0.1:8001"])
+    with pytest.raises(ValueError, match=r"target 'localhost:0' has no valid port"):
+        cls(["localhost:0", "127.0.0.1:8001"])
+    with pytest.raises(ValueError, match=r"\['127\.0\.0\.1:8001'\].*IPv4 only.*\['\[::1\]:8001'\]"):
+        cls(["127.0.0.1:8001", "[::1]:8001"])
+
+
+def test_a_cached_signature_is_refreshed_after_a_hot_reload_changes_inputs(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    repo = tmp_path / "repo"
+    write_model(repo, "m", add_model(width=4, offset=1.0), version=1)  # x: [-1, 4]
+    daemon = daemon_factory(repo, "--settle-seconds", "0.3")
+    four, eight = np.ones((1, 4), np.float32), np.ones((1, 8), np.float32)
+
+    async def scenario() -> None:
+        async with AsyncClient(daemon.address, timeout=20) as aclient:
+            with Client(daemon.address, timeout=20) as client:
+                # Each client caches version 1's signature and checks inputs against it.
+                assert client.infer("m", {"x": four}).model_version == "1"
+                assert (await aclient.infer("m", {"x": four})).model_version == "1"
+                with pytest.raises(InvalidArgumentError, match=r"\[1, 8\].*\[-1, 4\]"):
+                    client.infer("m", {"x": eight})
+
+                # Version 2 takes x as [-1, 8]; the daemon swaps to it on its own.
+                folder = write_model(repo, "m", add_model(width=8, offset=2.0), version=2)
+                (folder / "READY").touch()
+                deadline = time.monotonic() + 30
+                while list(client.model_metadata("m").versions) != ["2"]:
+                    assert time.monotonic() < deadline, "version 2 was never served"
+                    await asyncio.sleep(0.05)
+
+                # The same client objects now send what version 2 takes...
+                result = client.infer("m", {"x": eight})
+                assert result.model_version == "2"
+                np.testing.assert_array_equal(result["y"], eight + 2)
+                aresult = await aclient.infer("m", {"x": eight})
+                assert aresult.model_version == "2"
+                np.testing.assert_array_equal(aresult["y"], eight + 2)
+                # ...and refuse, locally, what it no longer takes, against the fresh signature.
+                with pytest.raises(InvalidArgumentError, match=r"\[1, 4\].*\[-1, 8\]"):
+                    client.infer("m", {"x": four})
+                with pytest.raises(InvalidArgumentError, match=r"\[1, 4\].*\[-1, 8\]"):
+                    await aclient.infer("m", {"x": four})
+
+    asyncio.run(scenario())

@@ -8,12 +8,31 @@ from pathlib import Path
 
 import pytest
 
+from ortserve.registry.versions import load_version
 from ortserve.repository.config import parse_config_text
 from tests.export.conftest import CLI, manifest, versions
 
-BESIDE = ("model.onnx", "tokenizer.json", "config.json", "tokenizer_config.json",
-          "special_tokens_map.json", "manifest.json")  # fmt: skip
+HF = ("tokenizer.json", "config.json", "tokenizer_config.json", "special_tokens_map.json")
+BESIDE = ("model.onnx", *HF, "manifest.json")
+TENSOR_MODEL = ("model.onnx", *(f"tokenizer/{name}" for name in HF), "manifest.json")
 ST_FILES = ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
+
+
+def _served_names(model_dir: Path, version: int, config_task: str | None) -> list[str]:
+    """Load the version as the daemon does (config, sessions, warm-up, text pipeline): what the
+    exporter publishes, the daemon serves. Returns the input names clients see."""
+    path = model_dir / "config.pbtxt"
+    served = load_version("m", model_dir, parse_config_text(path.read_text(), str(path)),
+                          version, 8, "test", None)  # fmt: skip
+    try:
+        if config_task is None:
+            assert served.text is None
+        else:
+            assert served.text is not None
+            assert served.text.settings.task == config_task
+        return [entry.name for entry in served.config.input]
+    finally:
+        served.sessions.close()
 
 
 def _parameters(model_dir: Path) -> dict[str, str]:
@@ -29,8 +48,8 @@ def _parameters(model_dir: Path) -> dict[str, str]:
         ("question-answering", None, "question-answering", False),
         ("feature-extraction", None, "feature-extraction", False),
         ("sentence-embeddings", None, "sentence-embeddings", True),
-        ("gpt2", None, "text-generation", True),
-        ("gpt2", "text-generation", "text-generation", False),
+        ("gpt2", None, None, True),  # no generation pipeline: a tensor model
+        ("gpt2", "text-generation", None, False),
     ],
 )
 def test_export_publishes_files_manifest_and_config(
@@ -39,7 +58,7 @@ def test_export_publishes_files_manifest_and_config(
     tiny_models: dict[str, Path],
     model: str,
     task: str | None,
-    config_task: str,
+    config_task: str | None,
     quantize: bool,
 ) -> None:
     repo = tmp_path / "repo"
@@ -54,6 +73,10 @@ def test_export_publishes_files_manifest_and_config(
 
     v1 = repo / "m" / "1"
     expected = BESIDE + (ST_FILES if model == "sentence-embeddings" else ())
+    if config_task is None:
+        expected = TENSOR_MODEL
+        assert "published as a tensor model" in result.err
+        assert "tokenizer/" in result.err
     assert sorted(str(p.relative_to(v1)) for p in v1.rglob("*") if p.is_file()) == sorted(expected)
     record = manifest(v1)
     assert record["version"] == 1
@@ -61,6 +84,8 @@ def test_export_publishes_files_manifest_and_config(
         task or ("text-generation-with-past" if model == "gpt2" else model)
     )
     assert record["model"]["variant"] == "fp32"
+    assert record["model"]["config_task"] == config_task
+    assert record["model"]["served_as"] == ("tensors" if config_task is None else "text")
     assert record["options"]["task_detected"] is (task is None)
     assert record["command"].startswith("ortserve export --model ")
     assert {"torch", "transformers", "optimum", "onnx", "onnxruntime"} <= set(record["versions"])
@@ -80,8 +105,11 @@ def test_export_publishes_files_manifest_and_config(
     assert record["benchmark"] is None
 
     params = _parameters(repo / "m")
-    assert params["task"] == config_task
-    assert params["max_sequence_length"] == ("64" if model == "sentence-embeddings" else "128")
+    if config_task is None:
+        assert params == {}  # no text settings: the daemon serves the graph's tensors
+    else:
+        assert params["task"] == config_task
+        assert params["max_sequence_length"] == ("64" if model == "sentence-embeddings" else "128")
     if model == "sentence-embeddings":
         assert (params["pooling"], params["normalize"]) == ("mean", "true")
     config = parse_config_text((repo / "m" / "config.pbtxt").read_text(), "c").config
@@ -89,7 +117,12 @@ def test_export_publishes_files_manifest_and_config(
     assert config.HasField("dynamic_batching")
     assert bool(config.model_warmup) == (model == "gpt2" and task is None)  # past inputs
 
+    names = _served_names(repo / "m", 1, config_task)
+    assert ("TEXT" in names) is (config_task is not None)
+    assert "input_ids" in names
+
     if quantize:
+        assert _served_names(repo / "m", 2, config_task) == names
         v2 = manifest(repo / "m" / "2")
         assert v2["model"]["variant"].startswith("int8-")
         assert v2["run_id"] == record["run_id"]

@@ -152,3 +152,41 @@ def test_help_explains_every_flag() -> None:
         assert flag in done.stdout, flag
     top = _ortserve("--help")
     assert all(name in top.stdout for name in ("serve", "export", "publish", "inspect"))
+
+
+def test_publish_a_language_model_as_a_tensor_model(
+    tmp_path: Path, cli: CLI, tiny_models: dict[str, Path]
+) -> None:
+    """The daemon has no generation pipeline: export and publish both leave out the text task and
+    keep tokenizer.json away from model.onnx (which would make the daemon load a text model)."""
+    repo = tmp_path / "repo"
+    exported = cli("export", "--model", tiny_models["gpt2"], "--name", "lm", "--repo", repo,
+                   "--no-bench", "--max-batch-size", "0")  # fmt: skip
+    assert exported.code == 0, exported.err
+    assert "no text-generation-with-past pipeline" in exported.err
+    result = cli("publish", repo / "lm" / "1", "--name", "copy", "--repo", repo)
+    assert result.code == 0, result.err
+    assert "published as a tensor model" in result.err
+    record = manifest(repo / "copy" / "1")
+    assert record["model"]["task"] == "text-generation-with-past"  # from the manifest beside it
+    assert (record["model"]["config_task"], record["model"]["served_as"]) == (None, "tensors")
+    assert "tokenizer/tokenizer.json" in record["files"]
+    assert not (repo / "copy" / "1" / "tokenizer.json").exists()
+    config = (repo / "copy" / "config.pbtxt").read_text()
+    assert "parameters" not in config
+    assert "model_warmup" in config  # past inputs: one token, an empty past
+
+
+def test_publish_refuses_settings_the_daemon_would_refuse(tmp_path: Path, cli: CLI) -> None:
+    model = tmp_path / "add.onnx"
+    onnx.save(add_model(), str(model))
+    repo = tmp_path / "repo"
+    result = cli("publish", model, "--name", "a", "--repo", repo, "--task", "text-classification",
+                 "--max-batch-size", "0")  # fmt: skip
+    assert result.code == 1
+    assert "--max-batch-size 0" in result.err
+    assert versions(repo / "a") == []
+    for flag, value in (("--max-length", "1"), ("--max-batch-size", "-1")):
+        done = _ortserve("publish", model, "--name", "a", "--repo", repo, flag, value)
+        assert done.returncode == 2, (flag, done.stderr)
+        assert f"argument {flag}: must be >=" in done.stderr

@@ -14,8 +14,8 @@ from ortserve.export.bench import BenchRow
 from ortserve.export.check import Figures, Variant, Verdict, compare, judge
 from ortserve.export.decide import decide
 from ortserve.export.errors import ExportError
-from ortserve.export.options import Thresholds
-from ortserve.export.publish import config_text, next_version, publish_version
+from ortserve.export.options import TASKS, Thresholds
+from ortserve.export.publish import check_servable, config_text, next_version, publish_version
 from ortserve.export.source import (
     ModelSource,
     detect_task,
@@ -24,6 +24,9 @@ from ortserve.export.source import (
     sentence_transformers_settings,
 )
 from ortserve.repository.config import parse_config_text
+from ortserve.repository.parameters import Parameters
+from ortserve.text.files import ModelFiles
+from ortserve.text.settings import POOLINGS, text_settings
 
 
 def _verdict(name: str, passed: bool) -> Verdict:
@@ -99,11 +102,12 @@ def test_config_text_parses_and_carries_the_task() -> None:
     assert params == {"task": "sentence-embeddings", "max_sequence_length": "256",
                       "pooling": "mean", "normalize": "true"}  # fmt: skip
     assert not config.input
-    inputs = [
+    inputs: list[dict[str, object]] = [
         {"name": "input_ids", "datatype": "INT64", "dims": ["batch_size", "sequence_length"]},
         {"name": "past_key_values.0.key", "datatype": "FP32", "dims": ["batch_size", 4, "past", 8]},
     ]
-    decoder = parse_config_text(config_text("text-generation", 8, 128, {}, inputs), "c").config
+    decoder = parse_config_text(config_text(None, 8, 128, {"pooling": "x"}, inputs), "c").config
+    assert not decoder.parameters  # a tensor model: no text settings at all
     (warmup,) = decoder.model_warmup
     assert list(warmup.inputs["input_ids"].dims) == [1]
     assert list(warmup.inputs["past_key_values.0.key"].dims) == [4, 0, 8]
@@ -219,3 +223,46 @@ def test_source_errors_are_clear(tmp_path: Path) -> None:
     folder = _folder(tmp_path / "m", {"model_type": "bert", "architectures": ["BertPooler"]})
     with pytest.raises(ExportError, match="pass --task"):
         detect_task(ModelSource(folder, "m", None, "bert", "BertPooler", False))
+
+
+def test_every_task_the_exporter_writes_is_one_the_daemon_serves() -> None:
+    from ortserve.text.settings import TASKS as DAEMON_TASKS
+
+    for task in TASKS.values():
+        assert task.config_task is None or task.config_task in DAEMON_TASKS, task.name
+        assert task.served_as_tensors is task.generates, task.name  # no generation pipeline
+    with pytest.raises(ExportError, match="does not serve 'text-generation'"):
+        config_text("text-generation", 8, 128, {})
+    with pytest.raises(ExportError, match="does not serve 'weightedmean'"):
+        config_text("feature-extraction", 8, 128, {"pooling": "weightedmean"})
+    with pytest.raises(ExportError, match="at least 2 tokens"):
+        config_text("feature-extraction", 8, 1, {})
+    with pytest.raises(ExportError, match="--max-batch-size 0"):
+        check_servable("text-classification", 0)
+    check_servable(None, 0)  # a tensor model needs no batch axis
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "pooling_mode_mean_tokens",
+        "pooling_mode_cls_token",
+        "pooling_mode_max_tokens",
+        "pooling_mode_mean_sqrt_len_tokens",
+        "pooling_mode_lasttoken",
+    ],
+)
+def test_every_pooling_the_exporter_writes_loads_in_the_daemon(tmp_path: Path, key: str) -> None:
+    from tokenizers import Tokenizer, models
+
+    modules = [{"type": "sentence_transformers.models.Transformer", "path": ""},
+               {"type": "sentence_transformers.models.Pooling", "path": "1_Pooling"}]  # fmt: skip
+    pooling = {"1_Pooling__config.json": {key: True}}
+    folder = _folder(tmp_path, {"model_type": "bert", "architectures": ["BertModel"]}, **pooling)
+    (folder / "modules.json").write_text(json.dumps(modules))
+    extra = sentence_transformers_settings(folder)
+    assert extra["pooling"] in POOLINGS
+    config = parse_config_text(config_text("feature-extraction", 8, 64, extra), "c").config
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    settings = text_settings(Parameters(config, "c"), ModelFiles(folder, tokenizer))
+    assert settings.pooling == extra["pooling"]

@@ -190,3 +190,14 @@ def slow_model(size: int = 512, rounds: int = 6, seed: int = 0) -> onnx.ModelPro
         initializer=inits,
     )
     return _model(graph)
+
+
+def slow_load_config(warmup_runs: int) -> str:
+    """A config for ``slow_model(size=768)`` whose warm-up keeps loading busy for a while
+    (~50 ms a run on one thread here): a model that is still loading when a test acts."""
+    return (
+        "max_batch_size: 1\n"
+        'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
+        f'model_warmup [ {{ name: "slow" batch_size: 1 count: {warmup_runs}\n'
+        '  inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 4 ] zero_data: true } } } ]\n'
+    )

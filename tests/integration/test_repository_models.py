@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import tritonclient.grpc as tg
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import DaemonFactory
-from tests.factories.onnx_models import add_model, write_model
+from tests.factories.onnx_models import add_model, slow_load_config, slow_model, write_model
 
 
 def _add_input(rows: int = 1) -> list[tg.InferInput]:
@@ -183,3 +184,88 @@ def test_config_that_contradicts_the_model_names_the_field(
     assert "no version folder" in rows["noversion"]
     for reason in rows.values():
         assert "config.pbtxt" in reason or "no version folder" in reason
+
+
+def _index(client: tg.InferenceServerClient) -> dict[tuple[str, str], dict[str, str]]:
+    rows = client.get_model_repository_index(as_json=True)["models"]
+    return {(r["name"], r.get("version", "")): r for r in rows}
+
+
+def test_a_model_that_breaks_the_loader_leaves_the_others_serving(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    repo = tmp_path / "repo"
+    write_model(repo, "good", add_model())
+    write_model(repo, "latin1", add_model())
+    (repo / "latin1" / "config.pbtxt").write_bytes(b"# caf\xe9\nmax_batch_size: 8\n")
+    write_model(repo, "negative", add_model(), config="instance_group [ { count: -1 } ]\n")
+    daemon = daemon_factory(repo)
+    with tg.InferenceServerClient(daemon.address) as client:
+        assert _served_offset(client, "good") == 1.0
+        index = _index(client)
+    latin1 = next(r for (name, _), r in index.items() if name == "latin1")
+    assert "config.pbtxt: not UTF-8 text (byte 5" in latin1["reason"]
+    negative = index[("negative", "1")]
+    assert negative["state"] == "UNAVAILABLE"
+    assert "instance_group[0].count must be >= 1 (got -1)" in negative["reason"]
+
+
+def test_a_failed_version_leaves_the_index_with_its_folder(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    repo = tmp_path / "repo"
+    write_model(repo, "m", add_model(offset=1.0), version=1)
+    write_model(repo, "m", b"not a model", version=2)
+    daemon = daemon_factory(repo, "--model-control-mode", "explicit", "--load-model", "m")
+    with tg.InferenceServerClient(daemon.address) as client:
+        assert _index(client)[("m", "2")]["state"] == "UNAVAILABLE"
+        (repo / "m" / "2" / "model.onnx").unlink()
+        (repo / "m" / "2").rmdir()
+        client.load_model("m")  # looks at the folder again
+        index = _index(client)
+        assert ("m", "2") not in index
+        assert index[("m", "1")]["state"] == "READY"
+        assert _served_offset(client, "m") == 1.0
+
+
+def test_a_load_outlives_a_caller_whose_deadline_passed(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    repo = tmp_path / "repo"
+    write_model(repo, "slow", slow_model(size=768), config=slow_load_config(warmup_runs=40))
+    daemon = daemon_factory(repo, "--model-control-mode", "explicit")
+    with tg.InferenceServerClient(daemon.address) as client:
+        with pytest.raises(InferenceServerException, match="Deadline"):
+            client.load_model("slow", client_timeout=0.3)
+        deadline = time.monotonic() + 60
+        while not client.is_model_ready("slow") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.is_model_ready("slow"), _index(client)
+        assert _served_offset(client, "slow") == 1.0
+
+
+def test_a_request_that_does_not_fit_the_reshape_is_invalid(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    repo = tmp_path / "repo"
+    write_model(
+        repo,
+        "reshaped",
+        add_model(),
+        config='max_batch_size: 8\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ -1 ] '
+        "reshape: { shape: [ 4 ] } } ]\n",
+    )
+    daemon = daemon_factory(repo)
+    with tg.InferenceServerClient(daemon.address) as client:
+        assert _served_offset(client, "reshaped") == 1.0
+        tensor = tg.InferInput("x", [1, 5], "FP32")
+        tensor.set_data_from_numpy(np.zeros((1, 5), dtype=np.float32))
+        with pytest.raises(InferenceServerException) as error:
+            client.infer("reshaped", [tensor])
+        assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "input 'x': shape [1, 5] (5 elements) does not fit the model's reshape" in str(
+            error.value
+        )
+        with pytest.raises(InferenceServerException) as error:
+            client.infer("reshaped", _add_input(), model_version="\u00b2")
+        assert error.value.status() == "StatusCode.NOT_FOUND"

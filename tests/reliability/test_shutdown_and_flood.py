@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ortserve_client._proto import grpc_service_pb2 as pb
 from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
-from tests.conftest import DaemonFactory
-from tests.factories.onnx_models import add_model, slow_model, write_model
+from tests.conftest import Daemon, DaemonFactory
+from tests.factories.onnx_models import add_model, slow_load_config, slow_model, write_model
 
 SLOW = 'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n'
 
@@ -134,3 +134,44 @@ def test_flood_beyond_the_queue_is_refused_quickly_then_recovers(
     # came back before the longest-waiting served request did.
     assert refusal_vs_service < 0
     assert outputs == 1  # and the daemon serves normally afterwards
+
+
+def _wait_for_event(daemon: Daemon, event: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if any(r.get("event") == event for r in daemon.log_records()):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {event!r} log line within {seconds} s")
+
+
+def test_a_second_signal_stops_at_once(tmp_path: Path, daemon_factory: DaemonFactory) -> None:
+    repo = tmp_path / "repo"
+    write_model(repo, "add", add_model())
+    daemon = daemon_factory(repo, "--drain-seconds", "60")
+    daemon.process.send_signal(signal.SIGTERM)
+    _wait_for_event(daemon, "stopping", 20)
+    signalled = time.monotonic()
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(20) == 0
+    assert time.monotonic() - signalled < 15, "the drain delay (60 s) was not cut short"
+    events = [r.get("event") for r in daemon.log_records()]
+    assert "second signal: stopping at once" in events
+    assert events[-1] == "stopped"
+
+
+def test_a_signal_during_start_up_stops_without_serving(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    repo = tmp_path / "repo"
+    # Loaded in name order: "b_slow" is still warming up when the signal comes; "c_add" is next.
+    write_model(repo, "b_slow", slow_model(size=768), config=slow_load_config(warmup_runs=60))
+    write_model(repo, "c_add", add_model())
+    daemon = daemon_factory(repo, wait_ready=False)
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(60) == 0
+    events = [r.get("event") for r in daemon.log_records()]
+    assert "stopping during start-up: models not all loaded" in events
+    assert "ready" not in events
+    loaded = [r.get("model") for r in daemon.log_records() if r.get("event") == "version loaded"]
+    assert "c_add" not in loaded

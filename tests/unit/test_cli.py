@@ -68,3 +68,37 @@ def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert loop_factory("auto") is None
     with pytest.raises(SystemExit, match="--event-loop uvloop, but uvloop is not installed"):
         loop_factory("uvloop")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("ORTSERVE_MODEL_CONTROL_MODE", "POLL", "choose from none, poll, explicit"),
+        ("ORTSERVE_LOG_FORMAT", "JSON", "choose from"),
+        ("ORTSERVE_GRPC_PORT", "abc", "is not a valid int"),
+        ("ORTSERVE_ENABLE_REPOSITORY_CONTROL", "maybe", "use 1/true/yes/on or 0/false/no/off"),
+    ],
+)
+def test_a_bad_variable_is_refused_like_the_flag(
+    variable: str, value: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # argparse checks neither type nor choices on a default: the variables must not slip past.
+    with pytest.raises(SystemExit) as exit_info:
+        _parse([], {"ORTSERVE_MODEL_REPOSITORY": "/models", variable: value})
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{variable}={value!r}" in err
+    assert says in err
+
+
+def test_good_variables_still_set_their_flags() -> None:
+    env = {
+        "ORTSERVE_MODEL_REPOSITORY": "/models",
+        "ORTSERVE_MODEL_CONTROL_MODE": "explicit",
+        "ORTSERVE_ENABLE_REPOSITORY_CONTROL": "off",
+        "ORTSERVE_GRPC_PORT": "9100",
+    }
+    settings = _parse([], env)
+    assert settings.model_control_mode == "explicit"
+    assert settings.enable_repository_control is False
+    assert settings.grpc_port == 9100

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ortserve.export.errors import EXIT_USAGE, ExportError
 from ortserve.export.options import (
+    MIN_SEQUENCE_LENGTH,
     OPTIMIZE_LEVELS,
     QUANTIZE_TARGETS,
     TASKS,
@@ -32,6 +33,21 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (what the daemon accepts in config.pbtxt)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+
+    return parse
+
+
 def _repo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--name", required=True, help="model name: the folder <repo>/<name>/ that versions go into"
@@ -44,7 +60,7 @@ def _repo_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-length",
-        type=int,
+        type=_int_at_least(MIN_SEQUENCE_LENGTH),
         default=None,
         metavar="TOKENS",
         help="max_sequence_length written into config.pbtxt (and the check's "
@@ -53,7 +69,7 @@ def _repo_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-batch-size",
-        type=int,
+        type=_int_at_least(0),
         default=32,
         help="max_batch_size written into a new config.pbtxt (default: 32); an "
         "existing config.pbtxt is never overwritten",
@@ -85,7 +101,8 @@ def build_export_parser() -> argparse.ArgumentParser:
         help="what the model does; default: detected (modules.json -> "
         "sentence-embeddings, else from the architecture's head, e.g. "
         "...ForSequenceClassification -> text-classification, ...LMHeadModel -> "
-        "text-generation-with-past)",
+        "text-generation-with-past); text-generation tasks are published as tensor models "
+        "(the daemon has no generation pipeline)",
     )
     p.add_argument(
         "--opset",

@@ -32,9 +32,17 @@ from ortserve.export.exporting import (
     load_torch_model,
 )
 from ortserve.export.manifest import base_manifest, graph_record, source_files
-from ortserve.export.options import EXACT_OPTIMIZE_LEVELS, TASKS, ExportOptions
+from ortserve.export.options import (
+    EXACT_OPTIMIZE_LEVELS,
+    TASKS,
+    TOKENIZER_FOLDER,
+    ExportOptions,
+    Task,
+    tensor_model_note,
+)
 from ortserve.export.publish import (
     Published,
+    check_servable,
     config_text,
     model_folder,
     publish_version,
@@ -73,6 +81,9 @@ def run_export(opts: ExportOptions, reporter: Reporter) -> int:
     where = escape(str(source.folder))
     reporter.line(f"[bold]{source.architecture}[/] from {where}: task {task} ({how})")
     check_supported(source, task)
+    check_servable(TASKS[task].config_task, opts.max_batch_size)
+    if TASKS[task].served_as_tensors:
+        reporter.warn(tensor_model_note(task))
     quant = resolve_target(opts.quantize, opts.per_channel) if opts.quantize else None
     max_length = max_sequence_length(source.folder, opts.max_length)
     texts = opts.sample_texts or DEFAULT_TEXTS
@@ -237,7 +248,7 @@ def _publish(
     published: dict[str, Published] = {}
     for name in chosen:
         variant = by_name[name]
-        files = {"model.onnx": variant.path, **_beside_files(export_dir, source)}
+        files = {"model.onnx": variant.path, **_beside_files(export_dir, source, spec)}
         manifest = {
             "format": common["format"],
             "model": {
@@ -246,6 +257,7 @@ def _publish(
                 "description": variant.description,
                 "task": task,
                 "config_task": spec.config_task,
+                "served_as": "tensors" if spec.served_as_tensors else "text",
             },
             **common,
             "opset": graph_record(variant.path)["opset"].get("ai.onnx"),
@@ -255,13 +267,18 @@ def _publish(
     return published
 
 
-def _beside_files(export_dir: Path, source: ModelSource) -> dict[str, Path]:
+def _beside_files(export_dir: Path, source: ModelSource, spec: Task) -> dict[str, Path]:
+    """The tokenizer and config files for the version folder: beside model.onnx for a text
+    model; in tokenizer/ for a tensor model (the daemon takes a tokenizer.json beside
+    model.onnx for a text model)."""
     files = {n: export_dir / n for n in ("tokenizer.json", *HF_FILES) if (export_dir / n).is_file()}
     if "tokenizer.json" not in files:
         raise ExportError(f"{source.folder}: the export has no tokenizer.json (no fast tokenizer)")
     for name in SENTENCE_TRANSFORMERS_FILES:
         if (source.folder / name).is_file():
             files[name] = source.folder / name
+    if spec.served_as_tensors:
+        return {f"{TOKENIZER_FOLDER}/{name}": path for name, path in files.items()}
     return files
 
 

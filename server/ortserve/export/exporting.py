@@ -136,7 +136,7 @@ def load_tokenizer(folder: Path, task: str) -> Any:
             raise ExportError(f"{folder}: cannot load a tokenizer: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise ExportError(f"{folder}: the tokenizer is not a fast tokenizer (no tokenizer.json)")
-    if TASKS[task].config_task == "text-generation":
+    if TASKS[task].generates:
         tokenizer.padding_side = "right"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token

@@ -16,9 +16,20 @@ class Task:
     name: str  # what --task takes
     optimum_task: str  # Optimum's task name
     library: str  # Optimum's library name: transformers or sentence_transformers
-    config_task: str  # the `task` parameter written into config.pbtxt
+    config_task: str | None  # the `task` parameter for config.pbtxt; None: a tensor model
     has_labels: bool  # outputs are scores over classes/tokens: label agreement is checked
     checked_outputs: tuple[str, ...] = ()  # the outputs the checks judge; (): every output
+
+    @property
+    def generates(self) -> bool:
+        """A causal language model (next-token logits, maybe past key/values in and out)."""
+        return self.name.startswith("text-generation")
+
+    @property
+    def served_as_tensors(self) -> bool:
+        """The daemon has no pipeline for it: published without text settings or a top-level
+        tokenizer.json, so it serves the graph's own inputs and outputs."""
+        return self.config_task is None
 
 
 _TEXT = "transformers"
@@ -39,10 +50,9 @@ TASKS: dict[str, Task] = {
             False,
             checked_outputs=("sentence_embedding",),
         ),
-        Task("text-generation", "text-generation", _TEXT, "text-generation", True),
-        Task(
-            "text-generation-with-past", "text-generation-with-past", _TEXT, "text-generation", True
-        ),
+        # The daemon has no generation pipeline: a causal LM is served as a tensor model.
+        Task("text-generation", "text-generation", _TEXT, None, True),
+        Task("text-generation-with-past", "text-generation-with-past", _TEXT, None, True),
     )
 }
 
@@ -58,6 +68,23 @@ QUANTIZE_TARGETS = ("auto", "avx2", "avx512", "avx512_vnni", "arm64", "weight-on
 
 #: What ``max_sequence_length`` is capped at when it comes from the tokenizer.
 MAX_SEQUENCE_LENGTH_CAP = 512
+
+#: The daemon refuses a ``max_sequence_length`` below this.
+MIN_SEQUENCE_LENGTH = 2
+
+#: Where a tensor model's tokenizer files go in its version folder: a ``tokenizer.json`` beside
+#: ``model.onnx`` would make the daemon load it as a text model.
+TOKENIZER_FOLDER = "tokenizer"
+
+
+def tensor_model_note(task: str) -> str:
+    """What the exporter says when it publishes ``task`` as a tensor model."""
+    return (
+        f"the daemon has no {task} pipeline (no text generation): the model is published as a "
+        "tensor model, without a `task` parameter, and serves its graph's own inputs "
+        "(input_ids, attention_mask...) and outputs (logits...); clients tokenize and decode "
+        f"themselves, with the tokenizer files published in {TOKENIZER_FOLDER}/"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,9 @@ from ortserve.export.check import check_graph, open_session
 from ortserve.export.errors import ExportError
 from ortserve.export.inspect import describe_graph, model_file, read_manifest
 from ortserve.export.manifest import base_manifest, graph_record
-from ortserve.export.options import TASKS, PublishOptions
+from ortserve.export.options import TASKS, TOKENIZER_FOLDER, PublishOptions, tensor_model_note
 from ortserve.export.publish import (
+    check_servable,
     config_text,
     model_folder,
     publish_version,
@@ -45,13 +46,22 @@ def run_publish(opts: PublishOptions, reporter: Reporter) -> int:
     previous = read_manifest(model)
     task, how = _task(opts, graph, previous)
     reporter.line(f"task: {task or 'none'} ({how})")
+    tensors = task is not None and TASKS[task].served_as_tensors
+    if task is not None:
+        check_servable(TASKS[task].config_task, opts.max_batch_size)
+    if tensors:
+        reporter.warn(tensor_model_note(str(task)))
     files: dict[str, Path] = {"model.onnx": model}
     for name in _external_data(model):
         files[name] = folder / name
     for name in ("tokenizer.json", *HF_FILES, *SENTENCE_TRANSFORMERS_FILES):
-        if (folder / name).is_file():
-            files[name] = folder / name
-    if "tokenizer.json" not in files:
+        # beside the model, or in tokenizer/ (a version published as a tensor model)
+        found = [p for p in (folder / name, folder / TOKENIZER_FOLDER / name) if p.is_file()]
+        if found:
+            # a tensor model's tokenizer goes in tokenizer/: beside model.onnx, the daemon would
+            # load the version as a text model
+            files[f"{TOKENIZER_FOLDER}/{name}" if tensors else name] = found[0]
+    if "tokenizer.json" not in files and not tensors:
         reporter.warn(f"no tokenizer.json beside {model}: the daemon cannot tokenize text for it")
     target = model_folder(opts.repo, opts.name)
     if task is not None:
@@ -62,7 +72,13 @@ def run_publish(opts: PublishOptions, reporter: Reporter) -> int:
         write_config_if_absent(target, text)
     manifest: dict[str, Any] = {
         **base_manifest(opts.command, "ortserve publish"),
-        "model": {"name": opts.name, "variant": "as given", "task": task},
+        "model": {
+            "name": opts.name,
+            "variant": "as given",
+            "task": task,
+            "config_task": TASKS[task].config_task if task else None,
+            "served_as": "text" if "tokenizer.json" in files else "tensors",
+        },
         "source": {
             "path": str(opts.path.resolve()),
             "files_sha256": {rel: sha256_file(src) for rel, src in sorted(files.items())},

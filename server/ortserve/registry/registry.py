@@ -106,6 +106,7 @@ class ModelRegistry:
         self._models: dict[str, ModelEntry] = {}
         self._listeners: list[StateListener] = []
         self._drains: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()  # loads that outlive their caller
         self.started = False  # set once the initial loading is done
 
     def on_state_change(self, listener: StateListener) -> None:
@@ -133,7 +134,12 @@ class ModelRegistry:
                 await self._unload(entry, "its folder was removed")
                 self._models.pop(name, None)
                 return None
-            return await self._sync_locked(entry, settle)
+            try:
+                return await self._sync_locked(entry, settle)
+            except Exception as exc:  # e.g. an unreadable folder: this model only, never the rest
+                log.exception("model sync failed", model=name)
+                self._set_reason(entry, f"{entry.path}: {type(exc).__name__}: {exc}")
+                return None
 
     async def _sync_locked(self, entry: ModelEntry, settle: bool) -> float | None:
         try:
@@ -146,7 +152,10 @@ class ModelRegistry:
         wait: float | None = None
         available: dict[int, str] = {}
         filename = parsed.config.default_model_filename or DEFAULT_MODEL_FILENAME
-        for version, folder in version_dirs(entry.path).items():
+        folders = version_dirs(entry.path)
+        for gone in set(entry.failed) - set(folders):  # its folder was removed: so is its failure
+            del entry.failed[gone]
+        for version, folder in folders.items():
             fingerprint = config_fp + folder_fingerprint(folder)
             served = entry.versions.get(version)
             if served is None or served.fingerprint != fingerprint:
@@ -214,10 +223,13 @@ class ModelRegistry:
                 fingerprint,
                 self._metrics,
             )
-        except ModelLoadError as exc:
+        except Exception as exc:  # whatever went wrong, it stays with this version
+            reason = (
+                str(exc) if isinstance(exc, ModelLoadError) else _unexpected(exc, entry, version)
+            )
             self._count("failure", entry.name)
-            entry.failed[version] = _Failure(str(exc), fingerprint)
-            log.error("version failed to load", model=entry.name, version=version, reason=str(exc))
+            entry.failed[version] = _Failure(reason, fingerprint)
+            log.error("version failed to load", model=entry.name, version=version, reason=reason)
             # A version already serving keeps serving its previous files.
             return current
         finally:
@@ -304,6 +316,21 @@ class ModelRegistry:
             raise InvalidInput(f"model '{name}': file: parameters need a config parameter too")
         if not files and not (self._root / name).is_dir():
             raise ModelNotFound(f"no model folder '{name}' in the repository")
+        # The load goes on if the caller gives up (its deadline passes): a version loaded in a
+        # worker thread is then still swapped in, not dropped half-made.
+        task = asyncio.ensure_future(self._load(name, config_json, files))
+        self._background.add(task)
+        task.add_done_callback(self._load_done)
+        await asyncio.shield(task)
+
+    def _load_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # a caller that left has no use for it; the index keeps the reason
+
+    async def _load(
+        self, name: str, config_json: str | None, files: Mapping[str, bytes] | None
+    ) -> None:
         entry = self._models.setdefault(name, ModelEntry(name, self._root / name))
         async with entry.lock:
             entry.unloaded = False
@@ -314,7 +341,7 @@ class ModelRegistry:
             if files:
                 entry.files_dir = entry.path = _write_files(name, files)
         await self.sync(name, settle=False)
-        entry = self._models[name]
+        entry = self._models.get(name, entry)
         if not entry.versions:
             why = self._why(entry) or "nothing to serve"
             raise ModelLoadError(f"model '{name}' did not load: {why}")
@@ -338,7 +365,7 @@ class ModelRegistry:
             )
         if not version:
             return entry.newest()
-        if not version.isdigit():
+        if not (version.isascii() and version.isdigit()):
             raise ModelNotFound(f"model '{name}' has no version '{version}' (versions are numbers)")
         served = entry.versions.get(int(version))
         if served is None:
@@ -410,6 +437,12 @@ class ModelRegistry:
         for entry in list(self._models.values()):
             async with entry.lock:
                 await self._unload(entry, "the server is stopping")
+
+
+def _unexpected(exc: Exception, entry: ModelEntry, version: int) -> str:
+    """A load failure of a kind the loader does not raise itself: logged with its traceback."""
+    log.error("unexpected error loading a version", model=entry.name, version=version, exc_info=exc)
+    return f"{entry.path / str(version)}: {type(exc).__name__}: {exc}"
 
 
 def _entry_rows(entry: ModelEntry) -> list[IndexEntry]:

@@ -47,7 +47,9 @@ def _zeros(config: mc.ModelConfig) -> dict[str, Array]:
     for entry in config.input:
         if entry.optional:
             continue
-        shape = batch + [1 if dim < 0 else int(dim) for dim in entry.dims]
+        # The session takes the reshaped form (the request path reshapes before it runs).
+        dims = entry.reshape.shape if entry.HasField("reshape") else entry.dims
+        shape = batch + [1 if dim < 0 else int(dim) for dim in dims]
         feeds[entry.name] = _fill(CONFIG_TO_WIRE[entry.data_type], shape, random=False)
     return feeds
 

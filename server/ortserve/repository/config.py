@@ -56,7 +56,14 @@ def read_config(model_dir: Path) -> ParsedConfig:
     path = model_dir / CONFIG_FILENAME
     if not path.exists():
         return ParsedConfig(mc.ModelConfig(), f"{model_dir} (no {CONFIG_FILENAME})", False)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     return parse_config_text(text, str(path))
 
 

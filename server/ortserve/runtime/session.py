@@ -36,6 +36,11 @@ class ModelSessions:
             raise ModelLoadError(f"{model_path}: model file not found")
         options = session_options(config, source)
         plan = provider_plan(config, ort_available_providers(), source)
+        for index, group in enumerate(config.instance_group):
+            if group.count < 0:  # checked again with the whole config; sessions come first
+                raise ModelLoadError(
+                    f"{source}: instance_group[{index}].count must be >= 1 (got {group.count})"
+                )
         count = sum(group.count for group in config.instance_group) or 1
         self.notes = list(plan.notes)
         self._sessions: list[Any] = []

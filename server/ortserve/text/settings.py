@@ -1,14 +1,17 @@
 """A text model's settings: config.pbtxt ``parameters`` first, then defaults from its files.
 
 - ``task``: text-classification, token-classification, question-answering, feature-extraction
-  or sentence-embeddings. Default: the exporter's manifest, then sentence-transformers files
-  (sentence-embeddings), then config.json's architecture (``...ForSequenceClassification``...).
+  or sentence-embeddings. Default: the exporter's manifest (``model.config_task``), then
+  sentence-transformers files (sentence-embeddings), then config.json's architecture
+  (``...ForSequenceClassification``...). There is no text-generation task: the exporter
+  publishes a causal LM as a tensor model (no tokenizer.json beside model.onnx).
 - ``max_sequence_length``: tokens per text (per window for question answering). Default:
   sentence_bert_config.json ``max_seq_length``, else tokenizer_config.json ``model_max_length``,
   capped at 512.
 - ``truncation``: true cuts longer texts; false refuses them (INVALID_ARGUMENT). Default true.
-- ``pooling`` (mean or cls) and ``normalize``: embeddings. Default: 1_Pooling/config.json, and
-  normalize when modules.json has a Normalize module.
+- ``pooling`` (mean, cls, max, mean_sqrt_len or last, as sentence-transformers names its
+  ``pooling_mode_*`` keys) and ``normalize``: embeddings of a model that outputs token states.
+  Default: 1_Pooling/config.json, and normalize when modules.json has a Normalize module.
 - ``confidence_threshold`` with ``fallback_label``: below the threshold, the fallback label.
 - ``multi_label``: sigmoid per label instead of softmax. Default: config.json ``problem_type``.
 - ``aggregation``: none, simple, first or max (entities). Default simple.
@@ -32,7 +35,16 @@ TASKS = (
     "sentence-embeddings",
 )
 AGGREGATIONS = ("none", "simple", "first", "max")
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls", "max", "mean_sqrt_len", "last")
+
+#: 1_Pooling/config.json keys, in the order the exporter reads them, and the pooling they mean.
+_POOLING_KEYS = (
+    ("pooling_mode_mean_tokens", "mean"),
+    ("pooling_mode_cls_token", "cls"),
+    ("pooling_mode_max_tokens", "max"),
+    ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
+    ("pooling_mode_lasttoken", "last"),
+)
 
 _ARCHITECTURE_TASKS = {
     "ForSequenceClassification": "text-classification",
@@ -102,9 +114,13 @@ def text_settings(params: Parameters, files: ModelFiles) -> TextSettings:
 
 
 def _default_task(files: ModelFiles) -> str:
-    task = files.manifest.get("task")
-    if isinstance(task, str) and task in TASKS:
-        return task
+    model = files.manifest.get("model")
+    for task in (
+        files.manifest.get("task"),
+        model.get("config_task") if isinstance(model, dict) else None,
+    ):
+        if isinstance(task, str) and task in TASKS:
+            return task
     if files.is_sentence_transformer:
         return "sentence-embeddings"
     for architecture in files.hf_config.get("architectures") or []:
@@ -115,8 +131,9 @@ def _default_task(files: ModelFiles) -> str:
 
 
 def _default_pooling(files: ModelFiles) -> str:
-    if files.pooling.get("pooling_mode_cls_token"):
-        return "cls"
+    for key, pooling in _POOLING_KEYS:
+        if files.pooling.get(key):
+            return pooling
     return "mean"
 
 

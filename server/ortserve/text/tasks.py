@@ -67,15 +67,29 @@ def top_k(scores: Array, k: int, labels: Mapping[int, str] | None = None) -> Arr
 
 
 def pool(hidden: Array, mask: Array, how: str, normalize: bool) -> Array:
-    """Sentence embeddings from token states [rows, tokens, dim] and the attention mask."""
+    """Sentence embeddings from token states [rows, tokens, dim] and the attention mask, as
+    sentence-transformers pools: ``mean`` or ``max`` over the real tokens, ``mean_sqrt_len`` (their
+    sum / sqrt(count)), ``cls`` (the first token) or ``last`` (the last real token, wherever the
+    padding is). Padding never counts; a row with no real token pools to zeros."""
     if hidden.ndim == 2:  # the model pools itself
         pooled = hidden.astype(np.float32)
     elif how == "cls":
         pooled = hidden[:, 0, :].astype(np.float32)
     else:
-        weights = mask[:, : hidden.shape[1], None].astype(np.float32)
-        summed = (hidden.astype(np.float32) * weights).sum(axis=1)
-        pooled = summed / np.maximum(weights.sum(axis=1), 1e-9)
+        states = hidden.astype(np.float32)
+        real = mask[:, : states.shape[1]] != 0  # [rows, tokens]
+        counts = real.sum(axis=1, keepdims=True).astype(np.float32)  # [rows, 1]
+        if how == "max":
+            masked = np.where(real[:, :, None], states, -np.inf).max(axis=1)
+            pooled = np.where(counts > 0, masked, 0.0)
+        elif how == "last":
+            # the last real token: right padding, left padding or none, from the mask alone
+            last = states.shape[1] - 1 - np.argmax(real[:, ::-1], axis=1)
+            pooled = np.where(counts > 0, states[np.arange(states.shape[0]), last], 0.0)
+        else:
+            summed = (states * real[:, :, None]).sum(axis=1)
+            divisor = np.sqrt(counts) if how == "mean_sqrt_len" else counts
+            pooled = summed / np.maximum(divisor, 1e-9)
     if normalize:
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         pooled = pooled / np.maximum(norms, 1e-12)
