@@ -74,19 +74,27 @@ class ModelSignature:
         return cls(specs(meta.inputs), specs(meta.outputs))
 
 
-def to_array(name: str, value: InputValue) -> Array:
-    """numpy arrays pass through; lists of str/bytes become a BYTES column ``[rows, 1]``."""
+def to_array(name: str, value: InputValue, model: str | None = None) -> Array:
+    """numpy arrays pass through; lists of str/bytes become a BYTES column ``[rows, 1]``;
+    anything else that numpy cannot make an array of is InvalidArgumentError naming the input."""
     if isinstance(value, np.ndarray):
         return value
     if isinstance(value, (str, bytes)):
-        raise invalid(f"input '{name}': give a list of texts, not one string")
-    items = list(value)
-    if items and all(isinstance(item, (str, bytes)) for item in items):
-        out = np.empty((len(items), 1), dtype=np.object_)
-        for row, item in enumerate(items):
-            out[row, 0] = item.encode() if isinstance(item, str) else item
-        return out
-    return np.asarray(items)
+        raise invalid(f"input '{name}': give a list of texts, not one string", model)
+    try:
+        items = list(value)
+        if items and all(isinstance(item, (str, bytes)) for item in items):
+            out = np.empty((len(items), 1), dtype=np.object_)
+            for row, item in enumerate(items):
+                out[row, 0] = item.encode() if isinstance(item, str) else item
+            return out
+        return np.asarray(items)
+    except (TypeError, ValueError) as exc:
+        raise invalid(
+            f"input '{name}': {type(value).__name__} cannot be converted to a tensor ({exc}); "
+            "give a numpy array or a list of texts",
+            model,
+        ) from None
 
 
 def check_inputs(model: str, arrays: Mapping[str, Array], signature: ModelSignature | None) -> None:
@@ -152,8 +160,14 @@ def build_request(
             datatype = datatype_of(array)
         except TensorError as exc:
             raise invalid(f"input '{name}': {exc}", model) from None
+        try:
+            raw = encode_raw(array)
+        except (TypeError, ValueError) as exc:  # e.g. an object array holding non-bytes items
+            raise invalid(
+                f"input '{name}': cannot be encoded as {datatype} ({exc})", model
+            ) from None
         request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
-        request.raw_input_contents.append(encode_raw(array))
+        request.raw_input_contents.append(raw)
     for name in outputs or ():
         requested = request.outputs.add(name=name)
         if class_counts and name in class_counts:

@@ -108,8 +108,8 @@ class InferOptions:
     as_str: bool = False
 
 
-def input_arrays(inputs: Inputs) -> dict[str, Array]:
-    return {name: to_array(name, value) for name, value in inputs.items()}
+def input_arrays(inputs: Inputs, model: str | None = None) -> dict[str, Array]:
+    return {name: to_array(name, value, model) for name, value in inputs.items()}
 
 
 class Signatures:
@@ -190,20 +190,146 @@ def config_json(config: mc.ModelConfig) -> str:
     return json_format.MessageToJson(config, preserving_proto_field_name=True)
 
 
-def stream_result(
-    response: pb.ModelStreamInferResponse, as_str: bool
-) -> InferResult | InferenceServerError:
-    if response.error_message:
-        code = code_in(response.error_message)
-        return error_for(code, response.error_message, response.infer_response.model_name or None)
-    return parse_response(response.infer_response, as_str)
+# -- ModelStreamInfer ------------------------------------------------------------------------
+#
+# Both clients run a stream the same way: their request generator checks each request (as
+# ``infer`` does) and either sends it with the id ``stream_id(index)`` (event ``Sent``) or keeps
+# its error (``Refused``), then says ``RequestsEnded``; a reader puts each answer (``Answered``)
+# and then ``StreamEnded``. Every event goes, in the order it happened, through one queue into
+# ``StreamResults``, which matches answers to requests by id and gives results in request order.
+
+StreamItem = InferResult | InferenceServerError
 
 
-def code_in(message: str) -> grpc.StatusCode:
-    """Stream errors travel as text "[CODE] message"; recover the code when it is there."""
-    if message.startswith("["):
-        name = message[1 : message.find("]")]
-        for code in grpc.StatusCode:
-            if code.name == name:
-                return code
-    return grpc.StatusCode.UNKNOWN
+def stream_id(index: int) -> str:
+    """The id a streamed request is sent with, that its result carries: its index, as text."""
+    return str(index)
+
+
+def stream_request(index: int, model: str, arrays: Mapping[str, Array]) -> pb.ModelInferRequest:
+    return infer_request(model, arrays, InferOptions(request_id=stream_id(index)))
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """Request ``index`` was checked and sent."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Request ``index`` failed before it could be sent (its inputs, or its model's metadata)."""
+
+    index: int
+    error: InferenceServerError
+
+
+@dataclass(frozen=True, slots=True)
+class RequestsEnded:
+    """The caller's requests ran out; ``error``: what iterating them raised, if anything."""
+
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    response: pb.ModelStreamInferResponse
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    """The server closed the stream; ``error``: the RPC failed."""
+
+    error: InferenceServerError | None = None
+
+
+StreamEvent = Sent | Refused | RequestsEnded | Answered | StreamEnded
+
+
+class StreamResults:
+    """One stream's results, in request order, whatever order the server answers in.
+
+    Fed every event as it happens, ``add`` returns the results that are next in request order
+    (buffering the others). Once ``done``, every request taken from the caller has had its
+    result, and ``error`` is what the stream should raise then (None: it ended well). A request
+    the server never answered gets the stream's error (or UNKNOWN when it ended without one)."""
+
+    def __init__(self, as_str: bool, signatures: Signatures) -> None:
+        self._as_str = as_str
+        self._signatures = signatures
+        self._results: dict[int, StreamItem] = {}
+        self._next = 0  # the index of the next result to give
+        self._taken = 0  # requests taken from the caller so far
+        self._requests_ended = False
+        self._requests_error: BaseException | None = None
+        self._stream_error: InferenceServerError | None = None
+        self.done = False
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._requests_error or self._stream_error
+
+    def add(self, event: StreamEvent) -> list[StreamItem]:
+        if isinstance(event, Sent):
+            self._taken = event.index + 1
+        elif isinstance(event, Refused):
+            self._taken = event.index + 1
+            self._results[event.index] = with_request_id(event.error, event.index)
+        elif isinstance(event, Answered):
+            self._answered(event.response)
+        elif isinstance(event, RequestsEnded):
+            self._requests_ended = True
+            self._requests_error = event.error
+        else:
+            self._ended(event.error)
+        ready: list[StreamItem] = []
+        while self._next in self._results:
+            ready.append(self._results.pop(self._next))
+            self._next += 1
+        return ready
+
+    def _answered(self, response: pb.ModelStreamInferResponse) -> None:
+        answer = response.infer_response
+        index = int(answer.id) if answer.id.isascii() and answer.id.isdigit() else -1
+        if not self._next <= index < self._taken or index in self._results:
+            return  # not an id this stream sent, or answered already: nothing to match it to
+        if response.error_message:
+            code, message = stream_error(response.error_message)
+            model = answer.model_name or None
+            self._results[index] = error_for(code, message, model, answer.id)
+            if code == grpc.StatusCode.INVALID_ARGUMENT and model:
+                self._signatures.drop(model, "")  # as infer does: a new version may differ
+        else:
+            self._results[index] = parse_response(answer, self._as_str)
+
+    def _ended(self, error: InferenceServerError | None) -> None:
+        self.done = True
+        self._stream_error = error
+        if error is None and not self._requests_ended:
+            self._stream_error = error = InferenceServerError(
+                grpc.StatusCode.UNKNOWN, "the server ended the stream before reading every request"
+            )
+        for index in range(self._next, self._taken):
+            if index not in self._results:
+                if error is None:
+                    code, message = grpc.StatusCode.UNKNOWN, "the stream ended with no answer"
+                else:
+                    code, message = error.code, error.message
+                self._results[index] = error_for(code, message, None, stream_id(index))
+
+
+def with_request_id(error: InferenceServerError, index: int) -> InferenceServerError:
+    error.request_id = stream_id(index)
+    return error
+
+
+def stream_error(text: str) -> tuple[grpc.StatusCode, str]:
+    """A stream answer's error travels as text "[CODE] message": its code and its message (the
+    prefix taken off). Text without a known code is UNKNOWN, kept whole."""
+    if text.startswith("["):
+        name, bracket, rest = text[1:].partition("]")
+        code = next((c for c in grpc.StatusCode if c.name == name), None)
+        if bracket and code is not None:
+            return code, rest.strip() or code.name
+    return grpc.StatusCode.UNKNOWN, text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -22,6 +23,15 @@ from ortserve_client._proto import model_config_pb2 as mc
 from ortserve_client.errors import InferenceServerError, from_rpc_error
 
 T = TypeVar("T")
+
+
+async def _each(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
 
 
 class AsyncClient:
@@ -184,10 +194,7 @@ class AsyncClient:
             class_counts,
             as_str,
         )
-        arrays = _calls.input_arrays(inputs)
-        if self._signatures.needs_fetch(model, version, arrays):  # none cached, or it refuses
-            metadata = await self.model_metadata(model, version, timeout=timeout)
-            self._signatures.check_fetched(model, version, arrays, metadata)
+        arrays = await self._checked_arrays(model, version, inputs, timeout)
         request = _calls.infer_request(model, arrays, options)
         try:
             return await self._call(_calls.infer(request, as_str), timeout)
@@ -196,6 +203,16 @@ class AsyncClient:
                 self._signatures.drop(model, version or "")
             raise
 
+    async def _checked_arrays(
+        self, model: str, version: str | None, inputs: Inputs, timeout: float | None
+    ) -> dict[str, Array]:
+        """Inputs as arrays, checked against the model's signature (see ``_calls.Signatures``)."""
+        arrays = _calls.input_arrays(inputs, model)
+        if self._signatures.needs_fetch(model, version, arrays):  # none cached, or it refuses
+            metadata = await self.model_metadata(model, version, timeout=timeout)
+            self._signatures.check_fetched(model, version, arrays, metadata)
+        return arrays
+
     async def stream_infer(
         self,
         requests: Iterable[tuple[str, Inputs]] | AsyncIterable[tuple[str, Inputs]],
@@ -203,20 +220,32 @@ class AsyncClient:
         timeout: float | None = None,
         as_str: bool = False,
     ) -> AsyncIterator[InferResult | InferenceServerError]:
-        """ModelStreamInfer: results as they complete; a failed request yields its error and
-        the stream goes on. ``async for r in client.stream_infer(requests): ...``"""
+        """ModelStreamInfer (see ``Client.stream_infer``): one result per request, in the order
+        of the requests; request ``i`` is sent with the id ``str(i)``, which its result carries
+        (``InferResult.id``, or ``.request_id`` of the error a failed request yields; the stream
+        goes on). Inputs are checked before sending, as ``infer`` checks them.
+
+        ``results = [r async for r in client.stream_infer(reqs)]  # results[i] answers reqs[i]``
+        """
+        events: asyncio.Queue[_calls.StreamEvent] = asyncio.Queue()
 
         async def messages() -> AsyncIterator[pb.ModelInferRequest]:
-            if isinstance(requests, AsyncIterable):
-                async for model, inputs in requests:
-                    yield _calls.infer_request(
-                        model, _calls.input_arrays(inputs), _calls.InferOptions()
-                    )
+            index = 0
+            try:
+                async for model, inputs in _each(requests):
+                    try:
+                        arrays = await self._checked_arrays(model, None, inputs, timeout)
+                        message = _calls.stream_request(index, model, arrays)
+                    except InferenceServerError as exc:
+                        events.put_nowait(_calls.Refused(index, exc))
+                    else:
+                        events.put_nowait(_calls.Sent(index))
+                        yield message
+                    index += 1
+            except Exception as exc:  # the stream ends here; stream_infer raises it at its end
+                events.put_nowait(_calls.RequestsEnded(exc))
             else:
-                for model, inputs in requests:
-                    yield _calls.infer_request(
-                        model, _calls.input_arrays(inputs), _calls.InferOptions()
-                    )
+                events.put_nowait(_calls.RequestsEnded())
 
         call = self._stub.ModelStreamInfer(
             messages(),
@@ -224,11 +253,27 @@ class AsyncClient:
             metadata=self._metadata,
             wait_for_ready=self._wait_for_ready,
         )
+
+        async def read() -> None:
+            try:
+                async for response in call:
+                    events.put_nowait(_calls.Answered(response))
+            except grpc.RpcError as error:
+                events.put_nowait(_calls.StreamEnded(from_rpc_error(error)))
+            else:
+                events.put_nowait(_calls.StreamEnded())
+
+        reader = asyncio.ensure_future(read())
+        results = _calls.StreamResults(as_str, self._signatures)
         try:
-            async for response in call:
-                yield _calls.stream_result(response, as_str)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            while not results.done:
+                for result in results.add(await events.get()):
+                    yield result
+        finally:
+            call.cancel()  # nothing to do once the stream has ended; else (a break) ends it
+            reader.cancel()
+        if results.error is not None:
+            raise results.error
 
     async def classify(
         self, model: str, texts: Sequence[str], pairs: Sequence[str] | None = None, **kw: Any

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -205,10 +207,7 @@ class Client:
             class_counts,
             as_str,
         )
-        arrays = _calls.input_arrays(inputs)
-        if self._signatures.needs_fetch(model, version, arrays):  # none cached, or it refuses
-            metadata = self.model_metadata(model, version, timeout=timeout)
-            self._signatures.check_fetched(model, version, arrays, metadata)
+        arrays = self._checked_arrays(model, version, inputs, timeout)
         request = _calls.infer_request(model, arrays, options)
         try:
             return self._call(_calls.infer(request, as_str), timeout)
@@ -217,6 +216,16 @@ class Client:
                 self._signatures.drop(model, version or "")  # a new version may differ
             raise
 
+    def _checked_arrays(
+        self, model: str, version: str | None, inputs: Inputs, timeout: float | None
+    ) -> dict[str, Array]:
+        """Inputs as arrays, checked against the model's signature (see ``_calls.Signatures``)."""
+        arrays = _calls.input_arrays(inputs, model)
+        if self._signatures.needs_fetch(model, version, arrays):  # none cached, or it refuses
+            metadata = self.model_metadata(model, version, timeout=timeout)
+            self._signatures.check_fetched(model, version, arrays, metadata)
+        return arrays
+
     def stream_infer(
         self,
         requests: Iterable[tuple[str, Inputs]],
@@ -224,25 +233,66 @@ class Client:
         timeout: float | None = None,
         as_str: bool = False,
     ) -> Iterator[InferResult | InferenceServerError]:
-        """Bidirectional ModelStreamInfer: one result per request, as they complete; a failed
-        request yields its error and the stream goes on.
+        """Bidirectional ModelStreamInfer: one result per ``(model, inputs)`` request, in the
+        order of the requests, so that ``zip(requests, results)`` pairs them.
 
-        ``for r in client.stream_infer([("add", {"x": x1}), ("add", {"x": x2})]): ...``
+        The server runs the requests concurrently; a result that completes early waits for those
+        before it. Request ``i`` is sent with the id ``str(i)``, which its result carries
+        (``InferResult.id``). A failed request yields its error instead, with ``.request_id``
+        ``str(i)``, and the stream goes on. Inputs are checked as ``infer`` checks them before
+        each request is sent: one that fails yields its ``InvalidArgumentError`` naming the
+        tensor (an unknown model, its ``NotFoundError``) and is not sent. If the stream itself
+        fails (its ``timeout``, the server going away), each request taken and unanswered yields
+        that error, then it is raised; an exception from ``requests`` is raised once the requests
+        before it are answered.
+
+        ``for (model, _), r in zip(reqs, client.stream_infer(reqs)): print(model, r)``
         """
-        messages = (
-            _calls.infer_request(model, _calls.input_arrays(inputs), _calls.InferOptions())
-            for model, inputs in requests
+        events: queue.SimpleQueue[_calls.StreamEvent] = queue.SimpleQueue()
+
+        def messages() -> Iterator[pb.ModelInferRequest]:  # gRPC iterates it on its own thread
+            index = 0
+            try:
+                for model, inputs in requests:
+                    try:
+                        arrays = self._checked_arrays(model, None, inputs, timeout)
+                        message = _calls.stream_request(index, model, arrays)
+                    except InferenceServerError as exc:
+                        events.put(_calls.Refused(index, exc))
+                    else:
+                        events.put(_calls.Sent(index))
+                        yield message
+                    index += 1
+            except Exception as exc:  # the stream ends here; stream_infer raises it at its end
+                events.put(_calls.RequestsEnded(exc))
+            else:
+                events.put(_calls.RequestsEnded())
+
+        call = self._stub.ModelStreamInfer(
+            messages(),
+            timeout=timeout or self._timeout,
+            metadata=self._metadata,
+            wait_for_ready=self._wait_for_ready,
         )
+
+        def read() -> None:
+            try:
+                for response in call:
+                    events.put(_calls.Answered(response))
+            except grpc.RpcError as error:
+                events.put(_calls.StreamEnded(from_rpc_error(error)))
+            else:
+                events.put(_calls.StreamEnded())
+
+        threading.Thread(target=read, name="ortserve-stream-reader", daemon=True).start()
+        results = _calls.StreamResults(as_str, self._signatures)
         try:
-            for response in self._stub.ModelStreamInfer(
-                messages,
-                timeout=timeout or self._timeout,
-                metadata=self._metadata,
-                wait_for_ready=self._wait_for_ready,
-            ):
-                yield _calls.stream_result(response, as_str)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            while not results.done:
+                yield from results.add(events.get())
+        finally:
+            call.cancel()  # nothing to do once the stream has ended; else (a break) ends it
+        if results.error is not None:
+            raise results.error
 
     # -- text tasks ----------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """One exception root for every failed call, carrying the gRPC status code.
 
-    InferenceServerError            any failed call (``.code``, ``.message``, ``.model``)
+    InferenceServerError            any failed call (``.code``, ``.message``, ``.model``,
+                                    ``.request_id`` for a request of a stream)
     ├── InvalidArgumentError        INVALID_ARGUMENT, and bad inputs caught before sending
     ├── NotFoundError               NOT_FOUND: unknown model or version
     ├── ResourceExhaustedError      RESOURCE_EXHAUSTED: the model's queue is full
@@ -23,13 +24,21 @@ import grpc
 
 
 class InferenceServerError(Exception):
-    """A call failed. ``code`` is the ``grpc.StatusCode``; ``model`` names the model, if any."""
+    """A call failed. ``code`` is the ``grpc.StatusCode``; ``model`` names the model, if any;
+    ``request_id`` is the id of the streamed request that failed (see ``stream_infer``)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, model: str | None = None) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        model: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
         super().__init__(f"[{code.name}] {message}")
         self.code = code
         self.message = message
         self.model = model
+        self.request_id = request_id
 
 
 class InvalidArgumentError(InferenceServerError):
@@ -62,9 +71,9 @@ _BY_CODE: dict[grpc.StatusCode, type[InferenceServerError]] = {
 
 
 def error_for(
-    code: grpc.StatusCode, message: str, model: str | None = None
+    code: grpc.StatusCode, message: str, model: str | None = None, request_id: str | None = None
 ) -> InferenceServerError:
-    return _BY_CODE.get(code, InferenceServerError)(code, message, model)
+    return _BY_CODE.get(code, InferenceServerError)(code, message, model, request_id)
 
 
 def from_rpc_error(error: grpc.RpcError, model: str | None = None) -> InferenceServerError:

@@ -12,6 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
 from ortserve.batching import (
@@ -41,6 +42,26 @@ class ItemResult:
     queue_ns: int
     times: ComputeTimes
     padding_ratio: float = 1.0  # padded tokens / real tokens of the batch (text models)
+
+
+def merge_results(parts: Sequence[ItemResult]) -> ItemResult:
+    """One request run as several slices (in order): its outputs joined back along the rows;
+    the longest queue wait, the compute of every slice, the biggest batch."""
+    outputs = {
+        name: np.concatenate([part.outputs[name] for part in parts]) for name in parts[0].outputs
+    }
+    times = ComputeTimes(
+        sum(p.times.input_ns for p in parts),
+        sum(p.times.infer_ns for p in parts),
+        sum(p.times.output_ns for p in parts),
+    )
+    return ItemResult(
+        outputs,
+        max(p.batch_rows for p in parts),
+        max(p.queue_ns for p in parts),
+        times,
+        max(p.padding_ratio for p in parts),
+    )
 
 
 class VersionExecutor:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy.typing as npt
 
 from ortserve.errors import InvalidInput, ModelNotReady, OrtserveError
+from ortserve.execution import ItemResult, merge_results
 from ortserve.observability.metrics import Metrics, reason_label
 from ortserve.registry.registry import ModelRegistry
 from ortserve.registry.versions import ServedVersion
@@ -102,7 +103,7 @@ class InferenceService:
                     if metrics is not None:
                         metrics.pending.dec()
         except (OrtserveError, asyncio.CancelledError) as exc:
-            self._failed(served, exc, started)
+            self._failed(served, exc, started, request.model_name)
             raise
 
     async def _run(self, served: ServedVersion, request: InferRequest) -> InferResponse:
@@ -116,22 +117,8 @@ class InferenceService:
         if request.timeout_s is not None:
             deadline = asyncio.get_running_loop().time() + request.timeout_s
         encoded = prepared.encoded
-        result = await served.executor.submit(
-            prepared.feeds,
-            priority=priority,
-            timeout_microseconds=timeout_us,
-            deadline=deadline,
-            length=encoded.length if encoded is not None else None,
-        )
+        result = await _submit(served, prepared, priority, timeout_us, deadline)
         times = result.times
-        rows = prepared.rows if served.model_config.max_batch_size else 1
-        served.executor.statistics.record_success(
-            rows, time.perf_counter_ns() - started, result.queue_ns, times
-        )
-        metrics = served.executor.metrics
-        if metrics is not None:
-            metrics.requests.inc()
-            metrics.queue.observe(result.queue_ns / 1e9)
         wire_types = served.output_types
         tensors = {
             name: OutputTensor(name, wire_types[name], array)
@@ -145,6 +132,15 @@ class InferenceService:
         _classification(
             tensors, request.classification, served.text.labels if served.text else None
         )
+        # Counted once the answer is built: a request that fails in post-processing is a failure.
+        rows = prepared.client_rows if served.model_config.max_batch_size else 1
+        served.executor.statistics.record_success(
+            rows, time.perf_counter_ns() - started, result.queue_ns, times
+        )
+        metrics = served.executor.metrics
+        if metrics is not None:
+            metrics.requests.inc()
+            metrics.queue.observe(result.queue_ns / 1e9)
         compute_ns = times.input_ns + times.infer_ns + times.output_ns
         parameters: dict[str, Any] = {
             "queue_us": result.queue_ns // 1000,
@@ -161,13 +157,27 @@ class InferenceService:
             parameters=parameters,
         )
 
-    def _failed(self, served: ServedVersion | None, exc: BaseException, started: int) -> None:
+    def undecodable(self, model_name: str, exc: InvalidInput) -> OrtserveError:
+        """A request whose tensors could not be decoded (before ``infer``): counted as a
+        failure, and answered as any request to an unknown model would be, else with ``exc``."""
+        try:
+            self._registry.entry(model_name)
+        except OrtserveError as unknown:
+            self._failed(None, unknown, 0, model_name)
+            return unknown
+        self._failed(None, exc, 0, model_name)
+        return exc
+
+    def _failed(
+        self, served: ServedVersion | None, exc: BaseException, started: int, model_name: str
+    ) -> None:
         if served is not None:
             served.executor.statistics.record_failure(time.perf_counter_ns() - started)
         if self._metrics is not None:
             reason = "cancelled" if isinstance(exc, asyncio.CancelledError) else reason_label(exc)
-            # Unknown model names are not labels: a caller could grow the series without bound.
-            label = served.model_name if served is not None else ""
+            # Only names the repository knows are labels: a caller could grow the series of
+            # unknown ones without bound.
+            label = model_name if self._registry.knows(model_name) else ""
             self._metrics.failures.labels(label, reason).inc()
 
 
@@ -195,6 +205,52 @@ class _Prepared:
     @property
     def rows(self) -> int:
         return int(next(iter(self.feeds.values())).shape[0]) if self.feeds else 1
+
+    @property
+    def client_rows(self) -> int:
+        """Rows as the client sent them (a text is one row, however many windows it takes)."""
+        return len(self.encoded.texts) if self.encoded is not None else self.rows
+
+
+async def _submit(
+    served: ServedVersion,
+    prepared: _Prepared,
+    priority: int,
+    timeout_us: int,
+    deadline: float | None,
+) -> ItemResult:
+    """Queue the request. A text request whose question-answering windows outnumber
+    ``max_batch_size`` goes in slices that each fit a batch; more texts than that is the
+    client's own excess, refused by the batcher as for any model."""
+    encoded = prepared.encoded
+    length = encoded.length if encoded is not None else None
+    limit = served.model_config.max_batch_size
+    rows = prepared.rows
+    if encoded is None or not limit or rows <= limit or prepared.client_rows > limit:
+        return await served.executor.submit(
+            prepared.feeds,
+            priority=priority,
+            timeout_microseconds=timeout_us,
+            deadline=deadline,
+            length=length,
+        )
+    slices = [
+        {name: array[start : start + limit] for name, array in prepared.feeds.items()}
+        for start in range(0, rows, limit)
+    ]
+    parts = await asyncio.gather(
+        *(
+            served.executor.submit(
+                feeds,
+                priority=priority,
+                timeout_microseconds=timeout_us,
+                deadline=deadline,
+                length=length,  # every slice keeps the request's width: the outputs line up
+            )
+            for feeds in slices
+        )
+    )
+    return merge_results(parts)
 
 
 async def _prepare(served: ServedVersion, request: InferRequest) -> _Prepared:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -26,6 +27,9 @@ from ortserve_client import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from ortserve_client._base import Inputs
+from ortserve_client._proto import grpc_service_pb2 as pb
+from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import Daemon, DaemonFactory, start_daemon
 from tests.factories.onnx_models import add_model, identity_model, slow_model, write_model
 from tests.factories.text_models import write_text_model
@@ -41,6 +45,7 @@ def build_repo(repo: Path) -> None:
     write_model(repo, "strings", identity_model(["BYTES"]))
     write_model(repo, "tinyqueue", slow_model(size=1024),
                 config="max_batch_size: 1\ndynamic_batching { default_queue_policy { max_queue_size: 1 } }\n" + SLOW)  # fmt: skip
+    write_model(repo, "slow", slow_model(size=1024), config=SLOW)  # ~0.2 s a request
     write_model(repo, "broken", b"not onnx")
     write_text_model(repo, "sentiment", "text-classification")
     write_text_model(repo, "embed", "feature-extraction", sentence_transformers=True)
@@ -174,20 +179,102 @@ def test_load_unload_and_statistics(client: Client) -> None:
     assert sum(s.inference_count for s in stats.model_stats) > 0
 
 
-def test_stream_infer_keeps_going_after_a_bad_request(client: Client) -> None:
-    requests = [
+def stream_requests() -> list[tuple[str, Inputs]]:
+    return [
+        ("slow", {"x": np.full((1, 4), 10, np.float32)}),  # the server answers it last
         ("add", {"x": X}),
-        ("add", {"x": np.zeros((1, 5), np.float32)}),
-        ("add", {"x": X[:1]}),
+        ("nope", {"x": X}),  # no such model
+        ("add", {"x": object()}),  # type: ignore[dict-item]  # cannot be converted
+        ("add", {"x": np.zeros((1, 5), np.float32)}),  # the wrong shape
+        ("add", {"x": X * 3}),
     ]
-    results = list(client.stream_infer(requests))
-    assert len(results) == 3
-    errors = [r for r in results if isinstance(r, InferenceServerError)]
-    assert len(errors) == 1
-    assert isinstance(errors[0], InvalidArgumentError)
-    assert sorted(
-        r["y"].shape[0] for r in results if isinstance(r, ortserve_client.InferResult)
-    ) == [1, 2]
+
+
+def check_stream_results(results: Sequence[object]) -> None:
+    """One result per request of ``stream_requests()``, in request order, each with its id."""
+    assert len(results) == 6
+    slow, add, nope, unconvertible, misshapen, add3 = results
+    assert isinstance(slow, ortserve_client.InferResult)
+    assert (slow.id, slow.model_name) == ("0", "slow")
+    np.testing.assert_array_equal(slow["y"], np.full((1, 4), 11, np.float32))
+    assert isinstance(add, ortserve_client.InferResult)
+    assert (add.id, add.model_name) == ("1", "add")
+    np.testing.assert_array_equal(add["y"], X + 2)
+    assert isinstance(add3, ortserve_client.InferResult)
+    assert (add3.id, add3.model_name) == ("5", "add")
+    np.testing.assert_array_equal(add3["y"], X * 3 + 2)
+
+    assert isinstance(nope, NotFoundError)
+    assert (nope.request_id, nope.model, nope.code) == ("2", "nope", grpc.StatusCode.NOT_FOUND)
+    assert nope.message == "unknown model 'nope'"
+    assert str(nope) == "[NOT_FOUND] unknown model 'nope'"  # the code once, not repeated
+    assert isinstance(unconvertible, InvalidArgumentError)
+    assert (unconvertible.request_id, unconvertible.model) == ("3", "add")
+    assert unconvertible.message.startswith("input 'x': object cannot be converted")
+    assert isinstance(misshapen, InvalidArgumentError)
+    assert (misshapen.request_id, misshapen.model) == ("4", "add")
+    assert re.match(r"input 'x': shape \[1, 5\] does not match model 'add'", misshapen.message)
+    assert str(misshapen).count("INVALID_ARGUMENT") == 1
+
+
+def test_the_server_answers_a_stream_in_completion_order(daemon: Daemon) -> None:
+    """What the client's matching is for: the fast request overtakes the slow one."""
+    with grpc.insecure_channel(daemon.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        slow = pb.ModelInferRequest(model_name="slow", id="slow")
+        slow.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+        slow.raw_input_contents.append(np.ones((1, 4), np.float32).tobytes())
+        fast = pb.ModelInferRequest(model_name="add", id="fast")
+        fast.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+        fast.raw_input_contents.append(np.ones((1, 4), np.float32).tobytes())
+        answers = list(stub.ModelStreamInfer(iter([slow, fast]), timeout=20))
+    assert [a.infer_response.id for a in answers] == ["fast", "slow"]
+
+
+@pytest.mark.parametrize("validate", [True, False], ids=["validate", "server-checks"])
+def test_stream_infer_matches_every_result_to_its_request(daemon: Daemon, validate: bool) -> None:
+    with Client(daemon.address, timeout=20, validate=validate) as client:
+        check_stream_results(list(client.stream_infer(stream_requests())))
+        # Several times over one client: the cached signatures change nothing.
+        check_stream_results(list(client.stream_infer(iter(stream_requests()))))
+
+
+@pytest.mark.parametrize("validate", [True, False], ids=["validate", "server-checks"])
+def test_async_stream_infer_matches_every_result_to_its_request(
+    daemon: Daemon, validate: bool
+) -> None:
+    async def produce() -> AsyncIterator[tuple[str, Inputs]]:
+        for request in stream_requests():
+            await asyncio.sleep(0)
+            yield request
+
+    async def run() -> None:
+        async with AsyncClient(daemon.address, timeout=20, validate=validate) as client:
+            check_stream_results([r async for r in client.stream_infer(stream_requests())])
+            check_stream_results([r async for r in client.stream_infer(produce())])
+
+    asyncio.run(run())
+
+
+def test_stream_infer_raises_what_the_requests_raise_after_the_answers(client: Client) -> None:
+    def requests() -> Iterator[tuple[str, Inputs]]:
+        yield "slow", {"x": X}
+        yield "add", {"x": X}
+        raise RuntimeError("no more requests")
+
+    results: list[object] = []
+    with pytest.raises(RuntimeError, match="no more requests"):
+        results.extend(client.stream_infer(requests()))  # keeps what came before the raise
+    assert [r.id for r in results if isinstance(r, ortserve_client.InferResult)] == ["0", "1"]
+
+
+def test_stream_infer_can_be_left_early(client: Client) -> None:
+    requests = ((("slow" if i % 2 else "add"), {"x": X}) for i in range(1000))
+    for result in client.stream_infer(requests):
+        assert isinstance(result, ortserve_client.InferResult)
+        assert result.id == "0"
+        break
+    assert client.infer("add", {"x": X}).model_version == "2"  # the client goes on
 
 
 def test_text_helpers(client: Client) -> None:
@@ -225,10 +312,12 @@ def test_async_client_calls(daemon: Daemon) -> None:
                 await client.model_metadata("ghost")
             with pytest.raises(InvalidArgumentError):
                 await client.infer("add", {"x": X.astype(np.int32)})
-            results = [
-                r async for r in client.stream_infer([("add", {"x": X}), ("ghost", {"x": X})])
-            ]
-            assert sum(isinstance(r, NotFoundError) for r in results) == 1
+            requests = [("ghost", {"x": X}), ("add", {"x": X})]
+            ghost, added = [r async for r in client.stream_infer(requests)]
+            assert isinstance(ghost, NotFoundError)
+            assert ghost.request_id == "0"
+            assert isinstance(added, ortserve_client.InferResult)
+            assert added.id == "1"
             assert (await client.classify("sentiment", ["fine"]))[0].label
             assert (await client.embed("embed", ["fine"])).shape == (1, 8)
             assert isinstance(await client.extract_entities("ner", ["alice"]), list)

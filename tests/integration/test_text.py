@@ -53,6 +53,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         config='parameters { key: "max_sequence_length" value: { string_value: "24" } }\n'
                'parameters { key: "stride" value: { string_value: "8" } }\n',
     )  # fmt: skip
+    write_text_model(
+        root, "qa_narrow", "question-answering",
+        config="max_batch_size: 2\ndynamic_batching { }\n"
+               'parameters { key: "max_sequence_length" value: { string_value: "24" } }\n'
+               'parameters { key: "stride" value: { string_value: "8" } }\n',
+    )  # fmt: skip
     write_text_model(root, "embed", "feature-extraction", sentence_transformers=True)
     write_text_model(
         root, "strict", "text-classification",
@@ -340,3 +346,72 @@ def test_concurrent_texts_of_mixed_length_are_padded_and_trimmed(
     with tg.InferenceServerClient(daemon.address) as client:
         stats = client.get_inference_statistics("embed", as_json=True)["model_stats"][0]
     assert int(stats["execution_count"]) < int(stats["inference_count"])
+
+
+def _success_and_fail(client: tg.InferenceServerClient, model: str) -> tuple[int, int, int]:
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    inference = stats["inference_stats"]
+    return (
+        int(stats.get("inference_count", 0)),
+        int(inference["success"].get("count", 0)),
+        int(inference["fail"].get("count", 0)),
+    )
+
+
+def test_a_context_with_more_windows_than_a_batch_runs_in_slices(
+    client: tg.InferenceServerClient, repo: Path
+) -> None:
+    # qa_narrow takes 2 rows a batch; this context needs more windows than that.
+    long_context = " ".join([CONTEXT] * 3)
+    question = "where does alice work"
+    ref = Reference(repo / "qa_narrow" / "1")
+    tok = Tokenizer.from_str(ref.tokenizer.to_str())
+    tok.enable_truncation(24, stride=8, strategy="only_second")
+    windows = len(tok.encode(question, long_context).overflowing) + 1
+    before = _success_and_fail(client, "qa_narrow")
+    result = client.infer(
+        "qa_narrow", [_texts("TEXT", [question]), _texts("TEXT_PAIR", [long_context])]
+    )
+    text, start, end, score = _best_span(ref, question, long_context, 24, 8)
+    assert windows > 2
+    assert result.as_numpy("ANSWER")[0, 0].decode() == text
+    assert (int(result.as_numpy("START")[0, 0]), int(result.as_numpy("END")[0, 0])) == (start, end)
+    assert float(result.as_numpy("SCORE")[0, 0]) == pytest.approx(score, rel=1e-4)
+    after = _success_and_fail(client, "qa_narrow")
+    # One text is one inference, however many windows it took.
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+
+
+def test_a_question_too_long_for_the_window_is_invalid_argument(
+    client: tg.InferenceServerClient,
+) -> None:
+    # 13 words leave the context no more room than the stride (tokenizers would panic on
+    # that one); 30 words do not fit the window at all.
+    for words in (13, 30):
+        question = " ".join((["where", "does", "alice", "work"] * 8)[:words])
+        with pytest.raises(InferenceServerException) as error:
+            client.infer("qa", [_texts("TEXT", [question]), _texts("TEXT_PAIR", [CONTEXT])])
+        assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+        message = str(error.value)
+        assert "leaves too little room for its context in a window of 24 tokens" in message
+    # The daemon carries on: the next request is answered.
+    result = client.infer(
+        "qa", [_texts("TEXT", ["where does alice work"]), _texts("TEXT_PAIR", [CONTEXT])]
+    )
+    assert result.as_numpy("ANSWER")[0, 0]
+
+
+def test_a_failure_after_the_run_is_not_counted_as_a_success(
+    client: tg.InferenceServerClient,
+) -> None:
+    before = _success_and_fail(client, "sentiment")
+    with pytest.raises(InferenceServerException) as error:
+        client.infer(
+            "sentiment",
+            [_texts("TEXT", ["fine"])],
+            outputs=[tg.InferRequestedOutput("LABEL", class_count=2)],
+        )
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+    after = _success_and_fail(client, "sentiment")
+    assert after[1] == before[1]  # no success
+    assert after[2] == before[2] + 1  # one failure

@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from ortserve.errors import Disabled, InvalidInput, Unsupported
 from ortserve.inference import InferenceService
 from ortserve.protocol import codec, metadata
-from ortserve.protocol.status import describe
+from ortserve.protocol.status import CONTROL_EXCEPTIONS, describe
 from ortserve.registry.registry import ModelRegistry
 from ortserve_client._proto import grpc_service_pb2 as pb
 from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
@@ -29,6 +30,8 @@ EXTENSIONS: tuple[str, ...] = (
     "statistics",
 )
 _STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+#: Requests one ModelStreamInfer stream may have unanswered at once.
+STREAM_WINDOW = 128
 
 #: Added when repository control (load/unload over gRPC) is switched on.
 REPOSITORY_EXTENSIONS: tuple[str, ...] = ("model_repository", "model_repository(unload_dependents)")
@@ -80,7 +83,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
-        decoded = codec.decode_infer_request(request)
+        try:
+            decoded = codec.decode_infer_request(request)
+        except InvalidInput as exc:
+            raise self._inference.undecodable(request.model_name, exc) from None
         decoded.timeout_s = context.time_remaining()
         return codec.encode_infer_response(await self._inference.infer(decoded))
 
@@ -92,13 +98,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         stream goes on."""
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
+        # Unanswered requests per stream: beyond it the stream is not read (gRPC's flow control
+        # then holds the client back), as --max-concurrent-rpcs does for calls.
+        window = asyncio.Semaphore(STREAM_WINDOW)
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
                 answer = pb.ModelStreamInferResponse(
                     infer_response=await self.ModelInfer(request, context)
                 )
-            except Exception as exc:  # each request's failure is its own answer
+            except BaseException as exc:  # each request's failure is its own answer
+                if isinstance(exc, CONTROL_EXCEPTIONS):
+                    raise
                 code, message = describe(exc, _STREAM)
                 answer = pb.ModelStreamInferResponse(error_message=f"[{code.name}] {message}")
                 answer.infer_response.model_name = request.model_name
@@ -106,17 +117,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             answers.put_nowait(answer)
 
         async def read() -> None:
-            async for request in request_iterator:
-                task = asyncio.ensure_future(one(request))
-                running.add(task)
-                task.add_done_callback(running.discard)
-            await asyncio.gather(*list(running))
-            answers.put_nowait(None)
+            try:
+                async for request in request_iterator:
+                    await window.acquire()
+                    task = asyncio.ensure_future(one(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                await asyncio.gather(*list(running))
+            except DecodeError as exc:  # the rest of the stream cannot be read either
+                raise InvalidInput(f"a stream message is not a ModelInferRequest: {exc}") from None
+            finally:
+                answers.put_nowait(None)  # the writer stops; awaiting the reader says why
 
         reader = asyncio.ensure_future(read())
         try:
             while (answer := await answers.get()) is not None:
                 yield answer
+                window.release()
             await reader
         finally:
             for task in (reader, *running):

@@ -6,6 +6,7 @@ logged with its traceback and an error id, and the caller gets INTERNAL with tha
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,7 +42,12 @@ def status_for(exc: errors.OrtserveError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def describe(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+#: What may end a handler without an answer: its cancellation, or the process stopping. Any other
+#: BaseException (a native library's panic, say) is a bug like any other: INTERNAL, logged.
+CONTROL_EXCEPTIONS = (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt, SystemExit)
+
+
+def describe(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
     """The status and message a caller gets for ``exc`` (a bug is logged with an error id)."""
     if isinstance(exc, errors.OrtserveError):
         code = status_for(exc)
@@ -52,7 +58,9 @@ def describe(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error (error id {error_id}; see the server log)"
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception, method: str) -> None:
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str
+) -> None:
     code, message = describe(exc, method)
     await context.abort(code, message)
 
@@ -78,7 +86,9 @@ def _guard_unary(behavior: UnaryBehavior, method: str) -> UnaryBehavior:
         except grpc.aio.AbortError:
             code = grpc.StatusCode.ABORTED
             raise
-        except Exception as exc:
+        except BaseException as exc:
+            if isinstance(exc, CONTROL_EXCEPTIONS):
+                raise
             code, message = describe(exc, method)
             await context.abort(code, message)
             raise  # unreachable: abort raises
@@ -103,7 +113,9 @@ def _guard_stream(behavior: StreamBehavior, method: str) -> StreamBehavior:
                 yield response
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:
+        except BaseException as exc:
+            if isinstance(exc, CONTROL_EXCEPTIONS):
+                raise
             await _abort(context, exc, method)
 
     return guarded

@@ -417,6 +417,10 @@ class ModelRegistry:
     def names(self) -> list[str]:
         return sorted(self._models)
 
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is a model of the repository (loaded or not)."""
+        return name in self._models
+
     def index(self) -> list[IndexEntry]:
         rows: list[IndexEntry] = []
         names = set(self._models)

@@ -20,6 +20,9 @@ from ortserve.errors import InvalidInput
 
 Array = npt.NDArray[Any]
 
+#: Windows one question-answering request may take (its context's length / the window's).
+MAX_WINDOWS = 256
+
 
 @dataclass(frozen=True, slots=True)
 class Encoded:
@@ -56,6 +59,7 @@ class TextEncoder:
         self._tokenizer = Tokenizer.from_str(tokenizer.to_str())
         self._tokenizer.no_padding()
         self._max_length = max_length
+        self._stride = stride
         self._truncation = truncation or windows
         self._windows = windows
         if self._truncation:
@@ -64,9 +68,38 @@ class TextEncoder:
             )
         else:
             self._tokenizer.no_truncation()
+        # Questions are measured on their own first: tokenizers panics (a Rust backtrace on
+        # stderr) when a question leaves the context no more room than the stride.
+        self._questions: Tokenizer | None = None
+        if windows:
+            self._questions = Tokenizer.from_str(tokenizer.to_str())
+            self._questions.no_padding()
+            self._questions.no_truncation()
+            self._room = max_length - self._tokenizer.num_special_tokens_to_add(True)
         self._inputs = list(model_inputs)
         self._dtype = input_dtype
         self._pad_id = _pad_id(tokenizer)
+
+    def _check_questions(self, questions: Sequence[str]) -> None:
+        assert self._questions is not None
+        for index, encoding in enumerate(
+            self._questions.encode_batch(list(questions), add_special_tokens=False)
+        ):
+            if self._room - len(encoding.ids) <= self._stride:
+                raise InvalidInput(
+                    f"input 'TEXT': question {index} has {len(encoding.ids)} tokens: "
+                    f"{self._refusal(None)}"
+                )
+
+    def _refusal(self, exc: Exception | None) -> str:
+        detail = f" ({exc})" if exc is not None else ""
+        if self._windows:  # what fails here: a question with no room left beyond the stride
+            return (
+                f"a question leaves too little room for its context in a window of "
+                f"{self._max_length} tokens with stride {self._stride}: send a shorter "
+                f"question{detail}"
+            )
+        return f"the tokenizer refused it{detail}"
 
     @property
     def pad_values(self) -> dict[str, int]:
@@ -74,10 +107,16 @@ class TextEncoder:
 
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> Encoded:
         items: list[Any] = list(texts) if pairs is None else list(zip(texts, pairs, strict=True))
+        if self._questions is not None and pairs is not None:
+            self._check_questions(texts)
         try:
             encodings = self._tokenizer.encode_batch(items)
         except Exception as exc:  # tokenizers refuses e.g. a question longer than the window
-            raise InvalidInput(f"input 'TEXT': the tokenizer refused it: {exc}") from None
+            raise InvalidInput(f"input 'TEXT': {self._refusal(exc)}") from None
+        except BaseException as exc:  # a Rust panic comes up as a BaseException
+            if type(exc).__name__ != "PanicException":
+                raise
+            raise InvalidInput(f"input 'TEXT': {self._refusal(None)}") from None
         rows: list[Encoding] = []
         row_text: list[int] = []
         for index, encoding in enumerate(encodings):
@@ -87,6 +126,12 @@ class TextEncoder:
                     f"max_sequence_length {self._max_length} (truncation is off for this model)"
                 )
             parts = [encoding, *encoding.overflowing] if self._windows else [encoding]
+            if len(parts) > MAX_WINDOWS:
+                raise InvalidInput(
+                    f"input 'TEXT_PAIR': context {index} needs {len(parts)} windows of "
+                    f"{self._max_length} tokens (stride {self._stride}); at most {MAX_WINDOWS}: "
+                    "send a shorter context, or a shorter question"
+                )
             rows.extend(parts)
             row_text.extend([index] * len(parts))
         return Encoded(
