@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable
 from importlib import metadata as importlib_metadata
+from pathlib import Path
 
 import grpc
 import structlog
@@ -146,12 +148,32 @@ def _server_credentials(settings: ServeSettings) -> grpc.ServerCredentials | Non
         return None
     if settings.tls_cert is None or settings.tls_key is None:
         raise ValueError("TLS needs both --tls-cert and --tls-key")
+    _check_tls_files(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
     client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
     return grpc.ssl_server_credentials(
         [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
+
+
+def _check_tls_files(cert: Path, key: Path, client_ca: Path | None) -> None:
+    """Load the files as OpenSSL will: gRPC itself would only say it "failed to bind"."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise ValueError(
+            f"--tls-cert {cert} with --tls-key {key}: not a PEM certificate and its matching "
+            f"private key ({exc.reason or exc})"
+        ) from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except ssl.SSLError as exc:
+            raise ValueError(
+                f"--tls-client-ca {client_ca}: not a PEM CA bundle ({exc.reason or exc})"
+            ) from None
 
 
 async def _load_initial(settings: ServeSettings, registry: ModelRegistry) -> None:
@@ -185,6 +207,10 @@ async def serve(settings: ServeSettings) -> int:
     address = _address(settings.host, settings.grpc_port)
     try:
         credentials = _server_credentials(settings)
+    except (OSError, ValueError) as exc:  # a missing, unreadable or wrong TLS file
+        log.error("cannot start", error=str(exc))
+        return 2
+    try:
         if credentials is None:
             port = server.add_insecure_port(address)
         else:

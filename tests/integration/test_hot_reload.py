@@ -296,3 +296,47 @@ def test_repository_control_is_refused_unless_enabled(
         assert not client.is_model_ready("a")
         client.load_model("a")
         assert client.is_model_ready("a")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_empty_version_folder_is_shown_not_polled(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    repo = tmp_path / "repo"
+    write_model(repo, "add", add_model())
+    daemon = daemon_factory(repo, *FAST)
+    (repo / "add" / "2").mkdir()
+    with tg.InferenceServerClient(daemon.address) as client:
+        wait_for(
+            lambda: "no model.onnx in it" in index(client).get(("add", "2"), {}).get("reason", ""),
+            "the empty version's reason in the index",
+        )
+        # Settled and waiting for nothing: the daemon idles instead of looking again and again.
+        cpu = _cpu_seconds(daemon.process.pid)
+        time.sleep(2.0)
+        assert _cpu_seconds(daemon.process.pid) - cpu < 0.5
+        assert offset_of(client, "add") == 1.0
+        # The file's arrival is a change of its own: version 2 then serves.
+        write_model(repo, "add", add_model(offset=2.0), version=2)
+        wait_for(lambda: offset_of(client, "add") == 2.0, "version 2 served")
+
+
+def test_a_policy_that_selects_nothing_keeps_what_serves(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    repo = tmp_path / "repo"
+    write_model(repo, "add", add_model())
+    daemon = daemon_factory(repo, *FAST)
+    (repo / "add" / "config.pbtxt").write_text("version_policy { specific { versions: [7] } }\n")
+    with tg.InferenceServerClient(daemon.address) as client:
+        wait_for(
+            lambda: "selects none" in " ".join(r.get("reason", "") for r in index(client).values()),
+            "the policy's reason in the index",
+        )
+        reasons = " ".join(r.get("reason", "") for r in index(client).values())
+        assert "config.pbtxt: version_policy selects none of the versions on disk (1)" in reasons
+        assert offset_of(client, "add") == 1.0  # still served

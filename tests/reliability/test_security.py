@@ -74,3 +74,47 @@ def test_tls_mtls_and_token(tmp_path: Path, daemon_factory: DaemonFactory) -> No
     assert status.status == health_pb2.HealthCheckResponse.SERVING
     # The token never reaches the log.
     assert "s3cret" not in daemon.log_path.read_text()
+
+
+def _start_fails(tmp_path: Path, *flags: str) -> str:
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    write_model(repo, "add", add_model())
+    result = subprocess.run(
+        [sys.executable, "-m", "ortserve", "serve", "--model-repository", str(repo),
+         "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "-1", *flags],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    return result.stderr
+
+
+def test_bad_tls_files_are_named(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "certs")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    cases = [
+        (["--tls-cert", str(junk), "--tls-key", str(certs.server_key)], f"--tls-cert {junk}"),
+        # a key that is not the certificate's own
+        (["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.client_key)],
+         "not a PEM certificate and its matching private key"),
+        (["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key),
+          "--tls-client-ca", str(junk)], f"--tls-client-ca {junk}: not a PEM CA bundle"),
+    ]  # fmt: skip
+    for flags, says in cases:
+        err = _start_fails(tmp_path, *flags)
+        assert "cannot start" in err
+        assert says in err
+        assert "Failed to bind" not in err
+
+
+def test_a_token_file_with_a_byte_order_mark(tmp_path: Path, daemon_factory: DaemonFactory) -> None:
+    repo = tmp_path / "repo"
+    write_model(repo, "add", add_model())
+    tokens = tmp_path / "tokens"
+    tokens.write_bytes("\ufeffs3cret\n".encode())
+    daemon = daemon_factory(repo, "--auth-token-file", str(tokens), wait_ready=False)
+    with Client(daemon.address, token="s3cret", timeout=30, wait_for_ready=True) as client:
+        np.testing.assert_array_equal(client.infer("add", {"x": X})["y"], X + 1)

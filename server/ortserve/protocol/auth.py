@@ -21,7 +21,8 @@ _DENIED = "missing or wrong bearer token: send metadata 'authorization: Bearer <
 
 
 def read_tokens(path: Path) -> list[str]:
-    tokens = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    # utf-8-sig: an editor's byte-order mark must not become part of the first token.
+    tokens = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
     tokens = [token for token in tokens if token and not token.startswith("#")]
     if not tokens:
         raise ValueError(f"{path}: no token in it (one token a line)")

@@ -160,12 +160,27 @@ class ModelRegistry:
             served = entry.versions.get(version)
             if served is None or served.fingerprint != fingerprint:
                 delay = self._settle(entry.name, version, folder, fingerprint, settle)
-                if delay > 0 or not (folder / filename).is_file():
+                if delay > 0:
                     wait = delay if wait is None else min(wait, delay)
+                elif not (folder / filename).is_file():
+                    # Settled without its model file: nothing to wait for (the file's arrival
+                    # is a change of its own), only a reason to show.
+                    entry.failed[version] = _Failure(f"{folder}: no {filename} in it", fingerprint)
+                if delay > 0 or not (folder / filename).is_file():
                     if served is None:
                         continue  # not complete yet: neither served nor loaded
                     fingerprint = served.fingerprint  # keep the served one until it settles
             available[version] = fingerprint
+        if available and not served_versions(parsed.config.version_policy, available):
+            # A policy that picks nothing is a config mistake: what serves keeps serving.
+            on_disk = ", ".join(str(v) for v in sorted(available))
+            self._set_reason(
+                entry,
+                f"{parsed.source}: version_policy selects none of the versions on disk "
+                f"({on_disk})"
+                + ("; still serving the ones loaded before" if entry.versions else ""),
+            )
+            return wait
         chosen = await self._choose(entry, parsed, available)
         self._swap(entry, chosen)
         missing = (
