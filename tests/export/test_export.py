@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -242,4 +243,30 @@ def test_cannot_export_names_architecture_and_task(
     assert "FNetForSequenceClassification (model_type fnet)" in result.err
     assert "text-classification" in result.err
     assert "not supported" in result.err
+    assert not repo.exists()
+
+
+def test_model_folder_without_a_tokenizer_is_a_clear_error(
+    tmp_path: Path, cli: CLI, tiny_models: dict[str, Path]
+) -> None:
+    """config.json and the weights only: one line naming the folder and what is missing (it was
+    a TypeError traceback from transformers, after the export)."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_models["text-classification"] / name, bare / name)
+    repo = tmp_path / "repo"
+    result = cli("export", "--model", bare, "--name", "tc", "--repo", repo, "--no-bench")
+    assert result.code == 1  # as for a missing folder or config.json
+    error = result.err.replace("\n", "")
+    assert f"{bare} has no tokenizer" in error
+    assert "tokenizer.json" in error
+    assert "Traceback" not in result.err
+    assert not repo.exists()
+
+    # A tokenizer_config.json without its vocabulary fails in transformers: named as clearly.
+    shutil.copy(tiny_models["text-classification"] / "tokenizer_config.json", bare)
+    result = cli("export", "--model", bare, "--name", "tc", "--repo", repo, "--no-bench")
+    assert result.code == 1
+    assert f"{bare}: cannot load the model's tokenizer" in result.err.replace("\n", "")
     assert not repo.exists()

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import onnx
 
+from ortserve.repository.config import parse_config_text
 from tests.export.conftest import CLI, manifest, versions
 from tests.factories.onnx_models import add_model
 
@@ -175,6 +178,13 @@ def test_publish_a_language_model_as_a_tensor_model(
     config = (repo / "copy" / "config.pbtxt").read_text()
     assert "parameters" not in config
     assert "model_warmup" in config  # past inputs: one token, an empty past
+    refused = cli("publish", repo / "lm" / "1", "--name", "copy2", "--repo", repo,
+                  "--max-length", "64")  # fmt: skip
+    assert refused.code == 1
+    assert "--max-length 64: a text-generation-with-past model is published as a tensor" in (
+        refused.err.replace("\n", " ")
+    )
+    assert not (repo / "copy2").exists()
 
 
 def test_publish_refuses_settings_the_daemon_would_refuse(tmp_path: Path, cli: CLI) -> None:
@@ -190,3 +200,116 @@ def test_publish_refuses_settings_the_daemon_would_refuse(tmp_path: Path, cli: C
         done = _ortserve("publish", model, "--name", "a", "--repo", repo, flag, value)
         assert done.returncode == 2, (flag, done.stderr)
         assert f"argument {flag}: must be >=" in done.stderr
+
+
+def _load(model_dir: Path, version: int) -> Any:
+    """Load the version as the daemon does (config.pbtxt if any, sessions, warm-up, text
+    pipeline); raises the daemon's ModelLoadError when it would refuse it."""
+    from ortserve.registry.versions import load_version
+    from ortserve.repository.config import read_config
+
+    served = load_version("m", model_dir, read_config(model_dir), version, 32, "test", None)
+    served.sessions.close()
+    return served
+
+
+def test_publish_tensor_model_writes_the_batching_asked_for(tmp_path: Path, cli: CLI) -> None:
+    """No task known: --max-batch-size still makes a config.pbtxt (it was silently dropped)."""
+    model = tmp_path / "add.onnx"
+    onnx.save(add_model(), str(model))
+    repo = tmp_path / "repo"
+    result = cli("publish", model, "--name", "add", "--repo", repo, "--max-batch-size", "4")
+    assert result.code == 0, result.err
+    config = parse_config_text((repo / "add" / "config.pbtxt").read_text(), "config.pbtxt").config
+    assert config.max_batch_size == 4
+    assert config.HasField("dynamic_batching")
+    assert not config.parameters
+    served = _load(repo / "add", 1)
+    assert served.text is None
+    assert served.model_config.max_batch_size == 4
+
+    # The config exists now and is never overwritten: the flag is not applied, and says so.
+    result = cli("publish", model, "--name", "add", "--repo", repo, "--max-batch-size", "8")
+    assert result.code == 0, result.err
+    assert "exists and is kept" in result.err
+    assert "--max-batch-size not applied" in result.err
+    assert "max_batch_size: 4" in (repo / "add" / "config.pbtxt").read_text()
+    assert versions(repo / "add") == [1, 2]
+
+
+def test_publish_refuses_flags_it_cannot_apply(tmp_path: Path, cli: CLI) -> None:
+    model = tmp_path / "add.onnx"
+    onnx.save(add_model(), str(model))
+    repo = tmp_path / "repo"
+    result = cli("publish", model, "--name", "add", "--repo", repo, "--max-length", "64")
+    assert result.code == 1
+    assert "--max-length 64" in result.err
+    assert "no text task" in result.err
+    assert not (repo / "add").exists()
+
+    fixed = tmp_path / "fixed.onnx"  # batch dimension fixed at 1: the daemon cannot batch it
+    onnx.save(add_model(batch=1), str(fixed))
+    result = cli("publish", fixed, "--name", "fixed", "--repo", repo, "--max-batch-size", "4")
+    assert result.code == 1
+    assert "the daemon would not load" in result.err
+    assert "dynamic first dimension" in result.err
+    assert not (repo / "fixed").exists()
+    result = cli("publish", fixed, "--name", "fixed", "--repo", repo, "--max-batch-size", "0")
+    assert result.code == 0, result.err
+    assert _load(repo / "fixed", 1).model_config.max_batch_size == 0
+
+
+def test_publish_tensor_model_with_a_tokenizer_beside_it(
+    tmp_path: Path, cli: CLI, tiny_models: dict[str, Path]
+) -> None:
+    """A tokenizer.json beside a model without token inputs would make the daemon load a text
+    model and refuse it: the tokenizer files go in tokenizer/, and the daemon serves tensors."""
+    folder = tmp_path / "add"
+    folder.mkdir()
+    onnx.save(add_model(), str(folder / "model.onnx"))
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
+        shutil.copy(tiny_models["text-classification"] / name, folder / name)
+    repo = tmp_path / "repo"
+    result = cli("publish", folder, "--name", "add", "--repo", repo, "--task",
+                 "text-classification")  # fmt: skip
+    assert result.code == 1
+    assert "--task text-classification" in result.err
+    assert "not token inputs" in result.err
+    assert versions(repo / "add") == []
+
+    result = cli("publish", folder, "--name", "add", "--repo", repo)
+    assert result.code == 0, result.err
+    assert "published as a tensor model" in result.err
+    assert "tokenizer/" in result.err
+    version = repo / "add" / "1"
+    assert not (version / "tokenizer.json").exists()
+    assert (version / "tokenizer" / "tokenizer.json").is_file()
+    record = manifest(version)
+    assert record["model"]["served_as"] == "tensors"
+    assert {"tokenizer/tokenizer.json", "tokenizer/config.json"} <= set(record["files"])
+    served = _load(repo / "add", 1)  # before the fix: "a text model takes input_ids, ..."
+    assert served.text is None
+    assert [entry.name for entry in served.config.input] == ["x"]
+
+
+def test_publish_refuses_what_the_daemon_would_refuse_with_its_config(
+    tmp_path: Path, cli: CLI
+) -> None:
+    """An existing config.pbtxt is kept: a model it does not fit is refused before publishing."""
+    model = tmp_path / "add.onnx"
+    onnx.save(add_model(width=4), str(model))
+    repo = tmp_path / "repo"
+    (repo / "add").mkdir(parents=True)
+    (repo / "add" / "config.pbtxt").write_text(
+        'max_batch_size: 8\ninput [ { name: "x" data_type: TYPE_FP32 dims: [ 5 ] } ]\n'
+    )
+    result = cli("publish", model, "--name", "add", "--repo", repo)
+    assert result.code == 1
+    assert "the daemon would not load" in result.err
+    assert "config.pbtxt" in result.err
+    assert versions(repo / "add") == []
+    assert _staging_left(repo / "add") == []
+
+
+def _staging_left(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")]

@@ -15,6 +15,7 @@ from ortserve.repository.parameters import Parameters
 from ortserve_client._proto import model_config_pb2 as mc
 
 _US = 1_000_000  # microseconds a second: config values are in µs, loop time in seconds
+_GROUPINGS = {"length": "nearest length first", "arrival": "arrival order"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +141,19 @@ def policy_from_config(config: mc.ModelConfig, source: str) -> BatchPolicy:
     dynamic = config.dynamic_batching if config.HasField("dynamic_batching") else None
     batched = config.max_batch_size > 0
     params = Parameters(config, source)
-    tokens = params.integer("max_batch_tokens", 0)
-    grouping = params.text("batch_grouping", "length")
-    if grouping not in ("length", "arrival"):
+    tokens = params.integer("max_batch_tokens", 0, minimum=0)
+    grouping = params.choice("batch_grouping", "length", _GROUPINGS)
+    # Settings only a batching model uses are refused where they would be ignored.
+    unused = [key for key in ("max_batch_tokens", "batch_grouping") if params.given(key)]
+    if unused and (dynamic is None or not batched):
+        needs = "dynamic_batching" if dynamic is None else "max_batch_size > 0"
         raise ConfigError(
-            f"{params.where('batch_grouping')} must be length or arrival, got '{grouping}'"
+            f"{params.where(unused[0])} needs {needs}; without it each request runs alone"
+        )
+    if dynamic is not None and not batched and dynamic.preferred_batch_size:
+        raise ConfigError(
+            f"{source}: dynamic_batching.preferred_batch_size needs max_batch_size > 0; a model "
+            "without a batch dimension takes one request at a time"
         )
     try:
         if dynamic is None:

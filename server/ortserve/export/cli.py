@@ -2,18 +2,25 @@
 
 ``ortserve.cli`` hands these commands here without parsing them, so the daemon's command line
 never imports this package. Exit statuses: 0 done, 1 error, 2 bad usage, 3 a check failed (or
-nothing could be published) and nothing was published.
+nothing could be published) and nothing was published; 130 interrupted (SIGINT), 128 + N stopped
+by signal N (SIGTERM 143, SIGHUP 129), after removing what the run had half-written.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
-from ortserve.export.errors import EXIT_USAGE, ExportError
+from ortserve.export.errors import EXIT_USAGE, ExportError, Terminated
 from ortserve.export.options import (
+    DEFAULT_MAX_BATCH_SIZE,
     MIN_SEQUENCE_LENGTH,
     OPTIMIZE_LEVELS,
     QUANTIZE_TARGETS,
@@ -22,6 +29,9 @@ from ortserve.export.options import (
     PublishOptions,
     Thresholds,
 )
+
+if TYPE_CHECKING:
+    from ortserve.export.report import Reporter
 
 _DEFAULTS = Thresholds()
 
@@ -48,7 +58,7 @@ def _int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
-def _repo_arguments(parser: argparse.ArgumentParser) -> None:
+def _repo_arguments(parser: argparse.ArgumentParser, publish: bool = False) -> None:
     parser.add_argument(
         "--name", required=True, help="model name: the folder <repo>/<name>/ that versions go into"
     )
@@ -58,21 +68,32 @@ def _repo_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("model_repo"),
         help="model repository folder (default: model_repo)",
     )
+    if publish:
+        length_use = " (a text model only: refused for a tensor model)"
+        batch_default = None
+        tensor_note = (
+            "; a tensor model with no known task gets a config.pbtxt, with max_batch_size and "
+            "dynamic batching, only when this is given, else the daemon completes its config "
+            "from the graph"
+        )
+    else:
+        length_use, tensor_note = " (and the check's truncation)", ""
+        batch_default = DEFAULT_MAX_BATCH_SIZE
     parser.add_argument(
         "--max-length",
         type=_int_at_least(MIN_SEQUENCE_LENGTH),
         default=None,
         metavar="TOKENS",
-        help="max_sequence_length written into config.pbtxt (and the check's "
-        "truncation); default: the model's own (sentence-transformers "
-        "max_seq_length, else the tokenizer's model_max_length), capped at 512",
+        help=f"max_sequence_length written into a new config.pbtxt{length_use}; default: the "
+        "model's own (sentence-transformers max_seq_length, else the tokenizer's "
+        "model_max_length), capped at 512",
     )
     parser.add_argument(
         "--max-batch-size",
         type=_int_at_least(0),
-        default=32,
-        help="max_batch_size written into a new config.pbtxt (default: 32); an "
-        "existing config.pbtxt is never overwritten",
+        default=batch_default,
+        help=f"max_batch_size written into a new config.pbtxt (default: {DEFAULT_MAX_BATCH_SIZE}"
+        f"{tensor_note}); an existing config.pbtxt is never overwritten",
     )
 
 
@@ -220,7 +241,7 @@ def build_publish_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("path", type=Path, help="a .onnx file, or a folder holding model.onnx")
-    _repo_arguments(p)
+    _repo_arguments(p, publish=True)
     p.add_argument(
         "--task",
         choices=list(TASKS),
@@ -244,7 +265,6 @@ def build_inspect_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """``argv`` starts with the command name (export, publish or inspect)."""
-    from ortserve.export.manifest import command_line
     from ortserve.export.report import Reporter
 
     command, rest = argv[0], list(argv[1:])
@@ -256,31 +276,78 @@ def main(argv: Sequence[str]) -> int:
     args = builders[command]().parse_args(rest)
     reporter = Reporter()
     try:
-        if command == "export":
-            if args.quantized_only and not args.quantize:
-                raise _usage(build_export_parser(), "--quantized-only needs --quantize")
-            from ortserve.export.command import run_export
-
-            return run_export(_export_options(args, command_line(list(argv))), reporter)
-        if command == "publish":
-            from ortserve.export.publish_onnx import run_publish
-
-            options = PublishOptions(
-                path=args.path,
-                name=args.name,
-                repo=args.repo,
-                task=args.task,
-                max_length=args.max_length,
-                max_batch_size=args.max_batch_size,
-                command=command_line(list(argv)),
-            )
-            return run_publish(options, reporter)
-        from ortserve.export.inspect import inspect
-
-        return inspect(args.path, args.json)
+        with _termination_raises():
+            return _run(command, args, argv, reporter)
     except ExportError as exc:
         reporter.error(command, str(exc))
         return exc.exit_code
+    except KeyboardInterrupt:
+        reporter.error(command, f"interrupted; {_LEFT}")
+        return 128 + signal.SIGINT
+    except Terminated as exc:
+        reporter.error(command, f"stopped by {signal.Signals(exc.signum).name}; {_LEFT}")
+        return 128 + exc.signum
+
+
+#: What an interrupted run leaves: versions are renamed into place whole, or not at all.
+_LEFT = "its staging and temporary folders are removed (versions published before stay)"
+
+#: Signals that stop the tool the way Ctrl-C does, with every cleanup on the way out.
+_TERMINATION_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def _termination_raises() -> Iterator[None]:
+    """While the command runs, SIGTERM and SIGHUP raise ``Terminated`` in the main thread (as
+    SIGINT raises KeyboardInterrupt), so the ``finally``/``except BaseException`` cleanups run:
+    a killed ``publish`` leaves no ``.staging-*`` folder, a killed ``export`` no temporary
+    folder. A signal the caller ignores (``nohup``) stays ignored; a second signal during the
+    cleanup is ignored so that it is not cut short (SIGKILL still stops everything)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous: dict[signal.Signals, Any] = {}
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for number in previous:
+            signal.signal(number, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    for wanted in _TERMINATION_SIGNALS:
+        if signal.getsignal(wanted) == signal.SIG_DFL:
+            previous[wanted] = signal.signal(wanted, stop)
+    try:
+        yield
+    finally:
+        for restored, handler in previous.items():
+            signal.signal(restored, handler)
+
+
+def _run(command: str, args: argparse.Namespace, argv: Sequence[str], reporter: Reporter) -> int:
+    from ortserve.export.manifest import command_line
+
+    if command == "export":
+        if args.quantized_only and not args.quantize:
+            raise _usage(build_export_parser(), "--quantized-only needs --quantize")
+        from ortserve.export.command import run_export
+
+        return run_export(_export_options(args, command_line(list(argv))), reporter)
+    if command == "publish":
+        from ortserve.export.publish_onnx import run_publish
+
+        options = PublishOptions(
+            path=args.path,
+            name=args.name,
+            repo=args.repo,
+            task=args.task,
+            max_length=args.max_length,
+            max_batch_size=args.max_batch_size,
+            command=command_line(list(argv)),
+        )
+        return run_publish(options, reporter)
+    from ortserve.export.inspect import inspect
+
+    return inspect(args.path, args.json)
 
 
 class _UsageError(ExportError):

@@ -31,6 +31,7 @@ from ortserve.export.exporting import (
     load_tokenizer,
     load_torch_model,
 )
+from ortserve.export.loadable import check_loadable, signature
 from ortserve.export.manifest import base_manifest, graph_record, source_files
 from ortserve.export.options import (
     EXACT_OPTIMIZE_LEVELS,
@@ -64,6 +65,7 @@ from ortserve.export.source import (
     HF_FILES,
     SENTENCE_TRANSFORMERS_FILES,
     ModelSource,
+    check_tokenizer_files,
     detect_task,
     max_sequence_length,
     resolve_source,
@@ -81,6 +83,7 @@ def run_export(opts: ExportOptions, reporter: Reporter) -> int:
     where = escape(str(source.folder))
     reporter.line(f"[bold]{source.architecture}[/] from {where}: task {task} ({how})")
     check_supported(source, task)
+    check_tokenizer_files(source)
     check_servable(TASKS[task].config_task, opts.max_batch_size)
     if TASKS[task].served_as_tensors:
         reporter.warn(tensor_model_note(task))
@@ -93,7 +96,7 @@ def run_export(opts: ExportOptions, reporter: Reporter) -> int:
         export_dir = variants[0].path.parent
         label = f"Checking {len(variants)} variant(s) against PyTorch on {len(texts)} texts"
         with reporter.step(label):
-            tokenizer = load_tokenizer(export_dir, task)
+            tokenizer = load_tokenizer(export_dir, task, source.folder)
             encoded = encode(tokenizer, texts, task, max_length)
             verdicts = _check(source, task, variants, encoded, opts)
         bench: list[BenchRow] | None = None
@@ -113,7 +116,7 @@ def run_export(opts: ExportOptions, reporter: Reporter) -> int:
         )
         _print_checks(reporter, variants, verdicts, bench)
         published = _publish(
-            source, task, opts, variants, verdicts, bench, decisions, max_length, quant
+            source, task, opts, variants, verdicts, bench, decisions, max_length, quant, reporter
         )
         _print_summary(reporter, opts, variants, decisions, published)
     refused = [d for d in decisions if not d.publish]
@@ -209,6 +212,7 @@ def _publish(
     decisions: list[Decision],
     max_length: int,
     quant: Quantization | None,
+    reporter: Reporter,
 ) -> dict[str, Published]:
     chosen = [d.variant for d in decisions if d.publish]
     if not opts.publish or not chosen or any(d.blocking for d in decisions):
@@ -218,7 +222,6 @@ def _publish(
     folder = model_folder(opts.repo, opts.name)
     inputs = graph_record(variants[-1].path)["inputs"]
     text = config_text(spec.config_task, opts.max_batch_size, max_length, extra, inputs)
-    write_config_if_absent(folder, text)
     export_dir = variants[0].path.parent
     common: dict[str, Any] = {
         **base_manifest(opts.command, "ortserve export"),
@@ -245,7 +248,7 @@ def _publish(
         "forced": opts.force,
     }
     by_name = {v.name: v for v in variants}
-    published: dict[str, Published] = {}
+    versions: list[tuple[str, dict[str, Path], dict[str, Any]]] = []
     for name in chosen:
         variant = by_name[name]
         files = {"model.onnx": variant.path, **_beside_files(export_dir, source, spec)}
@@ -263,7 +266,15 @@ def _publish(
             "opset": graph_record(variant.path)["opset"].get("ai.onnx"),
             "graph": graph_record(variant.path),
         }
+        graph = signature(open_session(variant.path), variant.path)
+        check_loadable(folder, opts.name, text, graph, files, manifest)
+        versions.append((name, files, manifest))
+    write_config_if_absent(folder, text)
+    published: dict[str, Published] = {}
+    for name, files, manifest in versions:
         published[name] = publish_version(opts.repo, opts.name, files, manifest)
+        for stale in published[name].stale_removed:
+            reporter.warn(f"removed {folder / stale}: left by a publish that was killed")
     return published
 
 

@@ -18,3 +18,13 @@ class CheckFailed(ExportError):
     """A variant failed its check (or is slower): nothing was published."""
 
     exit_code = EXIT_CHECK_FAILED
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: raised in the main thread, like KeyboardInterrupt for SIGINT,
+    so that every cleanup on the way out runs (the staging folder, the temporary export folder,
+    benchmark processes). Not an Exception: no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

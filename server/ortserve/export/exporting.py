@@ -124,18 +124,23 @@ def load_torch_model(folder: Path, task: str) -> Any:
     return model
 
 
-def load_tokenizer(folder: Path, task: str) -> Any:
-    """The fast tokenizer saved beside the export (it wrote tokenizer.json)."""
+def load_tokenizer(folder: Path, task: str, source: Path | None = None) -> Any:
+    """The fast tokenizer saved beside the export (it wrote tokenizer.json); errors name
+    ``source``, the model folder it came from, when given."""
     set_offline()
+    where = source or folder
     with quiet_libraries():
         from transformers import AutoTokenizer
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-        except (OSError, ValueError) as exc:
-            raise ExportError(f"{folder}: cannot load a tokenizer: {exc}") from exc
+        except Exception as exc:  # transformers raises TypeError, KeyError... for missing files
+            raise ExportError(
+                f"{where}: cannot load the model's tokenizer ({type(exc).__name__}: {exc}); the "
+                "folder needs a tokenizer.json, or tokenizer_config.json with its vocabulary"
+            ) from None
     if not getattr(tokenizer, "is_fast", False):
-        raise ExportError(f"{folder}: the tokenizer is not a fast tokenizer (no tokenizer.json)")
+        raise ExportError(f"{where}: the tokenizer is not a fast tokenizer (no tokenizer.json)")
     if TASKS[task].generates:
         tokenizer.padding_side = "right"
         if tokenizer.pad_token is None:

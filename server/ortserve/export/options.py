@@ -69,6 +69,9 @@ QUANTIZE_TARGETS = ("auto", "avx2", "avx512", "avx512_vnni", "arm64", "weight-on
 #: What ``max_sequence_length`` is capped at when it comes from the tokenizer.
 MAX_SEQUENCE_LENGTH_CAP = 512
 
+#: ``max_batch_size`` in a new config.pbtxt when ``--max-batch-size`` is not given.
+DEFAULT_MAX_BATCH_SIZE = 32
+
 #: The daemon refuses a ``max_sequence_length`` below this.
 MIN_SEQUENCE_LENGTH = 2
 
@@ -110,7 +113,7 @@ class ExportOptions:
     per_channel: bool = True  # dynamic INT8: one scale per weight column, not per tensor
     quantized_only: bool = False  # publish only the quantized variant, not the FP32 one too
     max_length: int | None = None  # tokens; None: from the model's files, capped at 512
-    max_batch_size: int = 32  # written into a new config.pbtxt
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE  # written into a new config.pbtxt
     sample_texts: tuple[str, ...] = ()  # () : the built-in sentences
     thresholds: Thresholds = Thresholds()
     bench: bool = True
@@ -129,6 +132,7 @@ class PublishOptions:
     name: str
     repo: Path = Path("model_repo")
     task: str | None = None  # None: from a manifest.json beside the model, or the output names
-    max_length: int | None = None
-    max_batch_size: int = 32
+    max_length: int | None = None  # None: the model's own (a text model only)
+    max_batch_size: int | None = None  # None: DEFAULT_MAX_BATCH_SIZE, and no config.pbtxt for
+    # a tensor model with no known task (the daemon completes its config from the graph)
     command: str = ""

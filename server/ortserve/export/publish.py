@@ -5,13 +5,22 @@ hidden names are never loaded), every file and folder is flushed to disk, the ma
 last, and one ``rename`` puts the folder in place as ``<repo>/<name>/<N>``: a watching daemon
 sees no version folder, then a complete one. N is the next free number; if another publisher
 takes it first, the next one is tried.
+
+A staging folder is named ``.staging-<pid>-<random>`` and its publisher holds an exclusive
+``flock`` on it. A publisher that fails or is stopped (Ctrl-C, SIGTERM) removes its own; one that
+was killed outright (SIGKILL, power loss) leaves it, and the next publish into the same model
+folder removes it: only when its process is gone *and* its lock is free, so a concurrent
+publisher's folder is never touched.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
@@ -30,6 +39,7 @@ from ortserve.text.settings import TASKS as TEXT_TASKS
 
 _CHUNK = 1 << 20
 _ATTEMPTS = 20
+_STAGING = re.compile(r"^\.staging-(?P<pid>\d+)-[0-9a-f]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +47,7 @@ class Published:
     version: int
     path: Path
     files: dict[str, dict[str, Any]]  # relative name -> {"sha256": ..., "bytes": ...}
+    stale_removed: tuple[str, ...] = ()  # staging folders of dead publishers, removed first
 
 
 def validate_name(name: str) -> None:
@@ -65,9 +76,12 @@ def publish_version(
     """Copy ``files`` (relative name in the version -> source file) and the manifest into the
     next version of ``<repo>/<name>``, atomically. ``manifest`` gets ``version`` and ``files``."""
     folder = model_folder(repo, name)
+    stale = remove_stale_staging(folder)
     staging = folder / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    lock = None
     try:
+        staging.mkdir()
+        lock = _lock(staging)
         hashes = {rel: _copy(src, staging / rel) for rel, src in sorted(files.items())}
         for _ in range(_ATTEMPTS):
             version = next_version(folder)
@@ -84,11 +98,74 @@ def publish_version(
                     continue
                 raise
             _fsync_dir(folder)
-            return Published(version, target, hashes)
+            return Published(version, target, hashes, stale)
         raise ExportError(f"{folder}: no free version number after {_ATTEMPTS} tries")
-    except BaseException:
+    except BaseException:  # KeyboardInterrupt, and Terminated (SIGTERM, SIGHUP) too
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def remove_stale_staging(folder: Path) -> tuple[str, ...]:
+    """Remove the ``.staging-<pid>-*`` folders in ``folder`` left by a publisher that was killed
+    before it could clean up: its process no longer runs and nobody holds its lock. A folder of
+    a live publisher (here or, sharing the repository, in another container) is kept."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return ()
+    for entry in entries:
+        match = _STAGING.match(entry.name)
+        if not match or not entry.is_dir(follow_symlinks=False):
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or _process_exists(pid):
+            continue
+        path = Path(entry.path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue  # gone already (renamed or removed by another publisher)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    continue  # a live publisher holds it
+                # no locks on this file system: the dead process is all there is to go by
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                removed.append(entry.name)
+        finally:
+            os.close(fd)
+    return tuple(sorted(removed))
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except OSError:
+        return True  # cannot tell: keep its folder
+    return True
+
+
+def _lock(staging: Path) -> int | None:
+    """An exclusive lock on the staging folder for as long as this publisher works in it (the
+    kernel drops it when the process dies, however it dies). None where locks are unsupported."""
+    fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def write_config_if_absent(folder: Path, text: str) -> bool:
@@ -101,8 +178,12 @@ def write_config_if_absent(folder: Path, text: str) -> bool:
     except OrtserveError as exc:
         raise ExportError(f"the generated {CONFIG_FILENAME} does not parse: {exc}") from None
     partial = folder / f".{CONFIG_FILENAME}.{uuid.uuid4().hex[:8]}.partial"
-    _write(partial, text)
-    os.replace(partial, path)
+    try:
+        _write(partial, text)
+        os.replace(partial, path)
+    except BaseException:  # an error, Ctrl-C or SIGTERM: leave no partial file behind
+        partial.unlink(missing_ok=True)
+        raise
     _fsync_dir(folder)
     return True
 

@@ -1,8 +1,16 @@
 """``ortserve publish PATH --name NAME``: an existing ONNX file or folder into the repository.
 
-Checks (``onnx.checker``, then an ONNX Runtime load), then publishes exactly as ``export`` does:
+Checks (``onnx.checker``, then an ONNX Runtime load, then the daemon's own loader rules on the
+config that will be in force and the version's files), then publishes exactly as ``export`` does:
 the next version, atomically, with the tokenizer and config files found beside the model, a
 config.pbtxt when the model has none, and a manifest. No torch needed.
+
+A model that takes no token inputs (``input_ids``...) is published as a tensor model: any
+tokenizer files found go in ``tokenizer/``, since a ``tokenizer.json`` beside ``model.onnx`` makes
+the daemon load a text model, which it would refuse. ``--task`` with a text task is refused for
+it; a guessed task is dropped. A tensor model with no known task gets a config.pbtxt only for
+``--max-batch-size``; ``--max-length`` is refused for any tensor model: nothing is dropped
+without a word.
 """
 
 from __future__ import annotations
@@ -13,8 +21,15 @@ from typing import Any
 from ortserve.export.check import check_graph, open_session
 from ortserve.export.errors import ExportError
 from ortserve.export.inspect import describe_graph, model_file, read_manifest
+from ortserve.export.loadable import check_loadable, signature, takes_tokens, token_inputs_note
 from ortserve.export.manifest import base_manifest, graph_record
-from ortserve.export.options import TASKS, TOKENIZER_FOLDER, PublishOptions, tensor_model_note
+from ortserve.export.options import (
+    DEFAULT_MAX_BATCH_SIZE,
+    TASKS,
+    TOKENIZER_FOLDER,
+    PublishOptions,
+    tensor_model_note,
+)
 from ortserve.export.publish import (
     check_servable,
     config_text,
@@ -31,6 +46,7 @@ from ortserve.export.source import (
     max_sequence_length,
     sentence_transformers_settings,
 )
+from ortserve.repository.layout import CONFIG_FILENAME
 
 
 def run_publish(opts: PublishOptions, reporter: Reporter) -> int:
@@ -41,15 +57,30 @@ def run_publish(opts: PublishOptions, reporter: Reporter) -> int:
         check_graph(model)
         session = open_session(model)
         providers = session.get_providers()
+        graph_signature = signature(session, model)
         del session
     graph = describe_graph(model)
     previous = read_manifest(model)
     task, how = _task(opts, graph, previous)
-    reporter.line(f"task: {task or 'none'} ({how})")
-    tensors = task is not None and TASKS[task].served_as_tensors
+    input_names = [i["name"] for i in graph["inputs"]]
+    tokens = takes_tokens(input_names)
     if task is not None:
-        check_servable(TASKS[task].config_task, opts.max_batch_size)
-    if tensors:
+        check_servable(TASKS[task].config_task, _max_batch_size(opts))
+    if task is not None and not TASKS[task].served_as_tensors and not tokens:
+        if opts.task:
+            raise ExportError(
+                f"--task {task}: {token_inputs_note(model, input_names)}; leave --task out to "
+                "publish it as a tensor model"
+            )
+        reporter.warn(f"not a {task} model after all: {token_inputs_note(model, input_names)}")
+        task, how = None, f"{task} dropped: no token inputs"
+    reporter.line(f"task: {task or 'none'} ({how})")
+    text = task is not None and not TASKS[task].served_as_tensors
+    # A tensor model's tokenizer goes in tokenizer/: beside model.onnx, the daemon would load the
+    # version as a text model, and refuse one that takes no token inputs.
+    tensors = not text and (task is not None or not tokens)
+    _check_flags(opts, task, text)
+    if task is not None and tensors:
         reporter.warn(tensor_model_note(str(task)))
     files: dict[str, Path] = {"model.onnx": model}
     for name in _external_data(model):
@@ -58,18 +89,25 @@ def run_publish(opts: PublishOptions, reporter: Reporter) -> int:
         # beside the model, or in tokenizer/ (a version published as a tensor model)
         found = [p for p in (folder / name, folder / TOKENIZER_FOLDER / name) if p.is_file()]
         if found:
-            # a tensor model's tokenizer goes in tokenizer/: beside model.onnx, the daemon would
-            # load the version as a text model
             files[f"{TOKENIZER_FOLDER}/{name}" if tensors else name] = found[0]
-    if "tokenizer.json" not in files and not tensors:
+    tokenizer = "tokenizer.json" in files or f"{TOKENIZER_FOLDER}/tokenizer.json" in files
+    if not tokenizer and (task is None or text):
         reporter.warn(f"no tokenizer.json beside {model}: the daemon cannot tokenize text for it")
-    target = model_folder(opts.repo, opts.name)
+    if task is None and tensors and f"{TOKENIZER_FOLDER}/tokenizer.json" in files:
+        reporter.warn(
+            f"{token_inputs_note(model, input_names)}: published as a tensor model, with its "
+            f"tokenizer files in {TOKENIZER_FOLDER}/ (beside model.onnx, tokenizer.json would "
+            "make the daemon load it as a text model, and refuse it)"
+        )
+    target = opts.repo / opts.name  # created once the checks pass
+    config: str | None = None
     if task is not None:
         config_task = TASKS[task].config_task
         extra = sentence_transformers_settings(folder) if task == "sentence-embeddings" else {}
         length = max_sequence_length(folder, opts.max_length)
-        text = config_text(config_task, opts.max_batch_size, length, extra, graph["inputs"])
-        write_config_if_absent(target, text)
+        config = config_text(config_task, _max_batch_size(opts), length, extra, graph["inputs"])
+    elif opts.max_batch_size is not None:  # a tensor model: batching only, as asked
+        config = config_text(None, opts.max_batch_size, 0, {}, graph["inputs"])
     manifest: dict[str, Any] = {
         **base_manifest(opts.command, "ortserve publish"),
         "model": {
@@ -89,17 +127,51 @@ def run_publish(opts: PublishOptions, reporter: Reporter) -> int:
         "checks": {
             "onnx_checker": "passed (full_check)",
             "onnxruntime_load": f"passed ({', '.join(providers)})",
+            "daemon_load_rules": "passed (config.pbtxt completed from the graph"
+            + (", text pipeline built)" if "tokenizer.json" in files else ")"),
         },
         "benchmark": None,
     }
+    check_loadable(target, opts.name, config, graph_signature, files, manifest)
+    model_folder(opts.repo, opts.name)
+    if config is not None and not write_config_if_absent(target, config):
+        given = [f for f, v in (("--max-batch-size", opts.max_batch_size),
+                                ("--max-length", opts.max_length)) if v is not None]  # fmt: skip
+        if given:
+            reporter.warn(
+                f"{target / CONFIG_FILENAME} exists and is kept (never overwritten): "
+                f"{' and '.join(given)} not applied; edit that file to change them"
+            )
     with reporter.step(f"Publishing into {target}"):
         published = publish_version(opts.repo, opts.name, files, manifest)
+    for stale in published.stale_removed:
+        reporter.warn(f"removed {target / stale}: left by a publish that was killed")
     reporter.table(
         "Summary",
         ["model", "version", "folder", "files"],
         [[opts.name, published.version, published.path, ", ".join(sorted(published.files))]],
     )
     return 0
+
+
+def _max_batch_size(opts: PublishOptions) -> int:
+    return DEFAULT_MAX_BATCH_SIZE if opts.max_batch_size is None else opts.max_batch_size
+
+
+def _check_flags(opts: PublishOptions, task: str | None, text: bool) -> None:
+    """Refuse a flag that would otherwise be dropped without a word."""
+    if opts.max_length is None or text:
+        return
+    if task is not None:
+        raise ExportError(
+            f"--max-length {opts.max_length}: a {task} model is published as a tensor model, "
+            "with no max_sequence_length to write (clients tokenize themselves); leave it out"
+        )
+    raise ExportError(
+        f"--max-length {opts.max_length}: no text task is known for this model, so there is no "
+        "max_sequence_length to write; pass --task (a text task, for a model taking token "
+        "inputs) or leave --max-length out"
+    )
 
 
 def _task(

@@ -35,6 +35,19 @@ _ARCHITECTURE_TASKS = (
 HF_FILES = ("config.json", "tokenizer_config.json", "special_tokens_map.json")
 SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
 
+#: A model folder's tokenizer: a fast tokenizer's tokenizer.json, its tokenizer_config.json, or
+#: the vocabulary file of a slow one (BERT, GPT-2/RoBERTa, SentencePiece models...).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "spm.model",
+)
+
 
 def set_offline() -> None:
     """No hub downloads from this process or its children, whatever the libraries default to."""
@@ -111,6 +124,19 @@ def _from_local_cache(hub_id: str) -> Path:
             "downloads: fetch the model where the hub is reachable (e.g. `hf download "
             f"{hub_id} --local-dir DIR`), copy it here and pass --model DIR."
         ) from None
+
+
+def check_tokenizer_files(source: ModelSource) -> None:
+    """Fail before the export when the folder holds no tokenizer at all (config.json and the
+    weights only): the checks tokenize text, and the daemon needs the tokenizer.json."""
+    if any((source.folder / name).is_file() for name in TOKENIZER_FILES):
+        return
+    raise ExportError(
+        f"--model {source.given}: {source.folder} has no tokenizer (none of "
+        f"{', '.join(TOKENIZER_FILES)}); the export is checked on tokenized text and published "
+        "with the model's tokenizer.json. Save the tokenizer into that folder (e.g. "
+        "AutoTokenizer.from_pretrained(...).save_pretrained(DIR)) and run again"
+    )
 
 
 def detect_task(source: ModelSource) -> str:

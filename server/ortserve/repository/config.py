@@ -2,6 +2,10 @@
 
 Auto-completion takes the model's signature (names, types and dims of its inputs and outputs),
 which the runtime reads from the graph; this module knows nothing of ONNX Runtime itself.
+
+A field ortserve does not implement is refused with the field named, never accepted and ignored
+(``check_supported``); a setting left at its default (as Triton writes every field when it
+returns a config) is fine.
 """
 
 from __future__ import annotations
@@ -12,13 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import structlog
 from google.protobuf import text_format
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from ortserve.datatypes import config_type_name
 from ortserve.errors import ConfigError
 from ortserve.repository.layout import CONFIG_FILENAME
+from ortserve.repository.parameters import SESSION_PREFIX, Parameters
 from ortserve_client._proto import model_config_pb2 as mc
+
+log = structlog.get_logger("ortserve.config")
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
@@ -27,6 +35,7 @@ BACKEND = "onnxruntime"
 _MAX_BATCH_SIZE_GIVEN = re.compile(r"^\s*max_batch_size\s*:", re.MULTILINE)
 _Tensor = TypeVar("_Tensor", mc.ModelInput, mc.ModelOutput)
 _LINE_COL = re.compile(r"^(\d+):(\d+) : (.*)$", re.DOTALL)
+_UNSUPPORTED = "is not supported by ortserve"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +85,7 @@ def parse_config_text(text: str, source: str) -> ParsedConfig:
         where = f"{source}:{match.group(1)}:{match.group(2)}" if match else source
         detail = match.group(3) if match else str(exc)
         raise ConfigError(f"{where}: {detail}") from None
+    check_supported(config, source)
     return ParsedConfig(config, source, bool(_MAX_BATCH_SIZE_GIVEN.search(text)))
 
 
@@ -86,6 +96,7 @@ def complete_config(
     config = mc.ModelConfig()
     config.CopyFrom(parsed.config)
     src = parsed.source
+    check_supported(config, src)  # again: a config given over the API was not parsed here
     if config.name and config.name != model_name:
         raise ConfigError(f"{src}: name '{config.name}' does not match the folder '{model_name}'")
     config.name = model_name
@@ -114,7 +125,158 @@ def complete_config(
             raise ConfigError(f"{src}: instance_group[{index}].count must be >= 1")
     if not config.HasField("version_policy"):
         config.version_policy.latest.num_versions = 1
+    _check_warmup(config, src)
+    _warn_ignored_parameters(config, src)
     return config
+
+
+def check_supported(config: mc.ModelConfig, src: str) -> None:
+    """Refuse what ortserve would otherwise accept and ignore, or serve other than it says.
+
+    Needs no model: run on every parsed config, so that a refusal names the field before any
+    session is built."""
+    if config.platform == "ensemble" or config.HasField("ensemble_scheduling"):
+        field = "platform 'ensemble'" if config.platform == "ensemble" else "ensemble_scheduling"
+        raise ConfigError(
+            f"{src}: {field}: ensembles are not supported by ortserve, which serves ONNX "
+            f"models only (platform '{PLATFORM}')"
+        )
+    unsupported = [
+        (config.HasField("sequence_batching"), "sequence_batching (stateful models)"),
+        (bool(config.runtime), f"runtime '{config.runtime}'"),
+        (bool(config.batch_input), "batch_input"),
+        (bool(config.batch_output), "batch_output"),
+        (config.dynamic_batching.preserve_ordering, "dynamic_batching.preserve_ordering"),
+        (config.model_transaction_policy.decoupled, "model_transaction_policy.decoupled"),
+        (config.response_cache.enable, "response_cache"),
+        (
+            bool(config.model_operations.op_library_filename),
+            "model_operations (custom op libraries)",
+        ),
+        (bool(config.model_repository_agents.agents), "model_repository_agents"),
+        (bool(config.cc_model_filenames), "cc_model_filenames"),
+        (bool(config.metric_tags), "metric_tags"),
+        (bool(config.model_metrics.metric_control), "model_metrics"),
+    ]
+    optimization = config.optimization
+    unsupported += [
+        (
+            optimization.priority != mc.ModelOptimizationPolicy.PRIORITY_DEFAULT,
+            "optimization.priority",
+        ),
+        (
+            optimization.cuda.graphs or bool(optimization.cuda.graph_spec),
+            "optimization.cuda.graphs (CUDA graphs)",
+        ),
+        (optimization.cuda.busy_wait_events, "optimization.cuda.busy_wait_events"),
+        (optimization.eager_batching, "optimization.eager_batching"),
+    ]
+    for is_set, field in unsupported:
+        if is_set:
+            raise ConfigError(f"{src}: {field} {_UNSUPPORTED}")
+    _check_instance_groups(config, src)
+    _check_tensor_fields(config.input, src, "input")
+    _check_tensor_fields(config.output, src, "output")
+    Parameters(config, src).check_keys()
+
+
+def _check_instance_groups(config: mc.ModelConfig, src: str) -> None:
+    kinds: set[mc.ModelInstanceGroup.Kind.ValueType] = set()
+    gpus: set[int] = set()
+    for index, group in enumerate(config.instance_group):
+        where = f"{src}: instance_group[{index}]"
+        if group.kind == mc.ModelInstanceGroup.KIND_MODEL:
+            raise ConfigError(f"{where}.kind KIND_MODEL {_UNSUPPORTED}; use KIND_CPU or KIND_GPU")
+        for is_set, field in (
+            (group.HasField("rate_limiter"), "rate_limiter"),
+            (bool(group.secondary_devices), "secondary_devices"),
+            (bool(group.profile), "profile"),
+            (group.passive, "passive"),
+            (bool(group.host_policy), "host_policy"),
+        ):
+            if is_set:
+                raise ConfigError(f"{where}.{field} {_UNSUPPORTED}")
+        if group.gpus and group.kind == mc.ModelInstanceGroup.KIND_CPU:
+            raise ConfigError(f"{where}: gpus {list(group.gpus)} given for KIND_CPU instances")
+        kinds.add(group.kind)
+        gpus.update(group.gpus)
+    if len(kinds) > 1:
+        names = sorted(mc.ModelInstanceGroup.Kind.Name(kind) for kind in kinds)
+        raise ConfigError(
+            f"{src}: instance_group: groups of different kinds ({', '.join(names)}) are "
+            "not supported by ortserve; every instance of a model runs on the same device"
+        )
+    if len(gpus) > 1:
+        raise ConfigError(
+            f"{src}: instance_group: instances on more than one GPU ({sorted(gpus)}) are not "
+            "supported by ortserve; every instance of a model runs on the same device"
+        )
+
+
+def _check_tensor_fields(
+    entries: RepeatedCompositeFieldContainer[_Tensor], src: str, kind: str
+) -> None:
+    first: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        where = f"{src}: {kind}[{index}] '{entry.name}'"
+        if entry.name in first:
+            raise ConfigError(f"{where}: listed twice (also {kind}[{first[entry.name]}])")
+        first[entry.name] = index
+        unsupported = [
+            (entry.is_shape_tensor, "is_shape_tensor"),
+            (entry.is_non_linear_format_io, "is_non_linear_format_io"),
+        ]
+        if isinstance(entry, mc.ModelInput):
+            unsupported.append((entry.allow_ragged_batch, "allow_ragged_batch"))
+        for is_set, field in unsupported:
+            if is_set:
+                raise ConfigError(f"{where}: {field} {_UNSUPPORTED}")
+        if isinstance(entry, mc.ModelOutput):
+            if entry.HasField("reshape"):
+                raise ConfigError(
+                    f"{where}: reshape {_UNSUPPORTED} for outputs (answers keep the model's own "
+                    "shape); remove it, and give dims as the model's output shape or leave "
+                    "them out"
+                )
+            if entry.label_filename:
+                raise ConfigError(
+                    f"{where}: label_filename {_UNSUPPORTED}; classification labels come from "
+                    "a text model's config.json id2label (beside its tokenizer.json)"
+                )
+
+
+def _check_warmup(config: mc.ModelConfig, src: str) -> None:
+    """``batch_size`` rows of a batched model, at most ``max_batch_size``; 1 otherwise."""
+    limit = max(config.max_batch_size, 1)
+    for index, warmup in enumerate(config.model_warmup):
+        if warmup.batch_size > limit:
+            what = (
+                f"max_batch_size {config.max_batch_size}"
+                if config.max_batch_size
+                else "1 for a model without batching (max_batch_size 0)"
+            )
+            raise ConfigError(
+                f"{src}: model_warmup[{index}] '{warmup.name}': batch_size {warmup.batch_size} "
+                f"is more than {what}"
+            )
+
+
+def _warn_ignored_parameters(config: mc.ModelConfig, src: str) -> None:
+    ignored = Parameters(config, src).check_keys()
+    session = [key for key in ignored if key.startswith(SESSION_PREFIX)]
+    others = [key for key in ignored if not key.startswith(SESSION_PREFIX)]
+    if others:
+        log.warning(
+            "config parameters that ortserve does not read are ignored",
+            source=src,
+            keys=others,
+        )
+    if session:
+        log.warning(
+            "session config keys passed to onnxruntime that it is not known to read",
+            source=src,
+            keys=session,
+        )
 
 
 def _batchable(signature: Signature) -> bool:

@@ -2,10 +2,16 @@
 
 One reader for every module that takes settings from there (session options, batching, text),
 so that every bad value fails the same way: a ConfigError naming the file and the key.
+
+``parameters`` is an open namespace in Triton (a backend reads the keys it knows), so a key
+ortserve does not read is kept and logged as a warning (``check_keys``), with two exceptions that
+are refused: a key that looks like a misspelling of one ortserve reads ("did you mean"), and a key
+of Triton's ONNX Runtime backend that ortserve does not implement.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 
 from ortserve.errors import ConfigError
@@ -13,6 +19,100 @@ from ortserve_client._proto import model_config_pb2 as mc
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+
+#: Read by runtime/options.py (ONNX Runtime session options and providers).
+RUNTIME_KEYS = (
+    "intra_op_thread_count",
+    "inter_op_thread_count",
+    "execution_mode",
+    "enable_mem_arena",
+    "enable_mem_pattern",
+    "allow_provider_fallback",
+)
+#: Read by batching/policy.py.
+BATCHING_KEYS = ("max_batch_tokens", "batch_grouping")
+#: Read by text/settings.py (text models only; tests/unit/test_config.py keeps this in step).
+TEXT_KEYS = (
+    "task",
+    "max_sequence_length",
+    "truncation",
+    "pooling",
+    "normalize",
+    "confidence_threshold",
+    "fallback_label",
+    "multi_label",
+    "aggregation",
+    "stride",
+    "max_answer_length",
+)
+KNOWN_KEYS = frozenset(RUNTIME_KEYS + BATCHING_KEYS + TEXT_KEYS)
+
+#: ``session.<key>`` parameters are ONNX Runtime session config entries, passed on as they are
+#: (runtime/options.py), except that the flags below take true/false as well as 1/0: ONNX Runtime
+#: itself compares them with "1", so that "true" would quietly mean off.
+SESSION_PREFIX = "session."
+SESSION_FLAGS = frozenset(
+    {
+        "session.intra_op.allow_spinning",
+        "session.inter_op.allow_spinning",
+        "session.set_denormal_as_zero",
+        "session.disable_prepacking",
+        "session.use_env_allocators",
+        "session.disable_cpu_ep_fallback",
+        "session.use_device_allocator_for_initializers",
+        "session.disable_quant_qdq",
+        "session.disable_double_qdq_remover",
+        "session.enable_quant_qdq_cleanup",
+        "session.disable_aot_function_inlining",
+        "session.use_ort_model_bytes_directly",
+        "session.use_ort_model_bytes_for_initializers",
+        "session.qdqisint8allowed",
+        "session.x64quantprecision",
+        "session.strict_shape_type_inference",
+        "session.allow_released_opsets_only",
+    }
+)
+SESSION_INTEGERS = frozenset({"session.dynamic_block_base"})
+#: Other session config keys of the onnxruntime this ships with (for "did you mean" and the
+#: warning about keys it would ignore).
+SESSION_KEYS = (
+    SESSION_FLAGS
+    | SESSION_INTEGERS
+    | frozenset(
+        {
+            "session.intra_op_thread_affinities",
+            "session.intra_op.spin_duration_us",
+            "session.inter_op.spin_duration_us",
+            "session.load_model_format",
+            "session.save_model_format",
+            "session.optimized_model_external_initializers_file_name",
+            "session.optimized_model_external_initializers_min_size_in_bytes",
+            "session.node_partition_config_file",
+            "session.qdq_matmulnbits_accuracy_level",
+            "session.graph_optimizations_loop_level",
+            "session.disable_model_compile",
+            "session.enable_dq_matmulnbits_fusion",
+            "session.disable_qdq_constant_folding",
+            "session.debug_layout_transformation",
+            "session.save_external_prepacked_constant_initializers",
+            "session.collect_node_memory_stats_to_file",
+            "session.layer_assignment_settings",
+            "session.record_ep_graph_assignment_info",
+        }
+    )
+)
+
+#: Keys Triton's ONNX Runtime backend reads that ortserve does not implement.
+UNSUPPORTED_KEYS = {
+    "cudnn_conv_algo_search": "a CUDA provider option",
+    "gpu_mem_limit": "a CUDA provider option",
+    "arena_extend_strategy": "a CUDA provider option",
+    "do_copy_in_default_stream": "a CUDA provider option",
+    "memory.enable_memory_arena_shrinkage": "an ONNX Runtime run option",
+}
+
+# How alike a key must be to a known one to be taken for a misspelling of it (difflib ratio).
+_MISSPELT = 0.8
 
 
 class Parameters:
@@ -33,17 +133,34 @@ class Parameters:
         """Names a parameter in a message: "<file>: parameters '<key>'"."""
         return f"{self._source}: parameters '{key}'"
 
+    def given(self, key: str) -> bool:
+        return self._raw(key) is not None
+
     def text(self, key: str, default: str = "") -> str:
         return self._raw(key) or default
 
-    def integer(self, key: str, default: int) -> int:
+    def integer(self, key: str, default: int, minimum: int | None = None) -> int:
         raw = self._raw(key)
         if raw is None:
             return default
+        wanted = "an integer" if minimum is None else f"an integer >= {minimum}"
         try:
-            return int(raw)
+            value = int(raw)
         except ValueError:
-            raise self._error(key, "an integer", raw) from None
+            raise self._error(key, wanted, raw) from None
+        if minimum is not None and value < minimum:
+            raise self._error(key, wanted, raw)
+        return value
+
+    def choice(self, key: str, default: str, choices: Mapping[str, str]) -> str:
+        """One of ``choices`` (value -> what it means, for the message)."""
+        raw = self._raw(key)
+        if raw is None:
+            return default
+        if raw not in choices:
+            wanted = " or ".join(f"{value} ({meaning})" for value, meaning in choices.items())
+            raise self._error(key, wanted, raw)
+        return raw
 
     def number(self, key: str) -> float | None:
         raw = self._raw(key)
@@ -66,3 +183,38 @@ class Parameters:
 
     def items(self) -> list[tuple[str, str]]:
         return list(self._values.items())
+
+    def check_keys(self) -> list[str]:
+        """Refuse the keys ortserve refuses (see the module's doc); return, sorted, those it
+        does not read, for the caller to warn about."""
+        ignored: list[str] = []
+        for key in sorted(self._values):
+            if key in KNOWN_KEYS or key in SESSION_KEYS:
+                continue
+            if key in UNSUPPORTED_KEYS:
+                raise ConfigError(
+                    f"{self.where(key)} ({UNSUPPORTED_KEYS[key]} that Triton's ONNX Runtime "
+                    "backend reads) is not supported by ortserve; remove it"
+                )
+            guess = _misspelling_of(key)
+            if guess is not None:
+                raise ConfigError(
+                    f"{self.where(key)} is not a parameter ortserve reads; did you mean '{guess}'?"
+                )
+            ignored.append(key)
+        return ignored
+
+
+def _misspelling_of(key: str) -> str | None:
+    """The known key that ``key`` most likely misspells, if any."""
+    folded = key.strip().lower()
+    if folded.startswith(SESSION_PREFIX):
+        # Compare what follows the shared prefix, which would make any two keys look alike.
+        suffixes = {name.removeprefix(SESSION_PREFIX): name for name in SESSION_KEYS}
+        close = difflib.get_close_matches(
+            folded.removeprefix(SESSION_PREFIX), suffixes, n=1, cutoff=_MISSPELT
+        )
+        return suffixes[close[0]] if close else None
+    candidates = sorted(KNOWN_KEYS | SESSION_KEYS)
+    close = difflib.get_close_matches(folded, candidates, n=1, cutoff=_MISSPELT)
+    return close[0] if close else None

@@ -1,9 +1,11 @@
 """ONNX Runtime session options and execution providers, from a model's ModelConfig.
 
 Names follow Triton's ONNX Runtime backend so that an existing Triton repository means the same
-thing here: ``parameters`` keys ``intra_op_thread_count``, ``inter_op_thread_count``,
-``execution_mode``, ``enable_mem_arena``, ``enable_mem_pattern``, any ``session.*`` key (passed as
-an ORT session config entry, e.g. ``session.intra_op.allow_spinning``), and
+thing here: ``optimization.graph.level`` (-1 basic, 1 extended, 2 none, 0 all: Triton's values),
+``parameters`` keys ``intra_op_thread_count``, ``inter_op_thread_count`` (>= 0; 0 lets ORT
+choose), ``execution_mode`` (0 sequential, 1 parallel), ``enable_mem_arena``,
+``enable_mem_pattern``, any ``session.*`` key (passed as an ORT session config entry, e.g.
+``session.intra_op.allow_spinning``; the known flags among them take true/false or 1/0), and
 ``optimization.execution_accelerators`` (``tensorrt`` / ``cuda`` on GPU, ``openvino`` on CPU).
 ortserve adds the parameter ``allow_provider_fallback`` ("true" lets a model load on the CPU when
 a provider it names is not available).
@@ -18,7 +20,12 @@ from typing import Any
 import onnxruntime as ort
 
 from ortserve.errors import ConfigError, ModelLoadError
-from ortserve.repository.parameters import Parameters
+from ortserve.repository.parameters import (
+    SESSION_FLAGS,
+    SESSION_INTEGERS,
+    SESSION_PREFIX,
+    Parameters,
+)
 from ortserve_client._proto import model_config_pb2 as mc
 
 CPU = "CPUExecutionProvider"
@@ -36,12 +43,14 @@ _TRT_KEYS = {
     "trt_engine_cache_path": "trt_engine_cache_path",
 }
 
+# Triton's ONNX Runtime backend: 0 (unset) all, -1 basic, 1 extended, 2 none.
 _GRAPH_LEVELS = {
     -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     0: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    2: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    2: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
 }
+_EXECUTION_MODES = {"0": "sequential", "1": "parallel"}
 
 Provider = tuple[str, dict[str, str]]
 
@@ -60,18 +69,27 @@ def session_options(config: mc.ModelConfig, source: str) -> ort.SessionOptions:
     if level not in _GRAPH_LEVELS:
         raise ConfigError(f"{source}: optimization.graph.level must be -1, 0, 1 or 2, got {level}")
     options.graph_optimization_level = _GRAPH_LEVELS[level]
-    options.intra_op_num_threads = params.integer("intra_op_thread_count", 0)
-    options.inter_op_num_threads = params.integer("inter_op_thread_count", 0)
-    mode = params.integer("execution_mode", 0)
+    options.intra_op_num_threads = params.integer("intra_op_thread_count", 0, minimum=0)
+    options.inter_op_num_threads = params.integer("inter_op_thread_count", 0, minimum=0)
+    mode = params.choice("execution_mode", "0", _EXECUTION_MODES)
     options.execution_mode = (
-        ort.ExecutionMode.ORT_PARALLEL if mode == 1 else ort.ExecutionMode.ORT_SEQUENTIAL
+        ort.ExecutionMode.ORT_PARALLEL if mode == "1" else ort.ExecutionMode.ORT_SEQUENTIAL
     )
     options.enable_cpu_mem_arena = params.flag("enable_mem_arena", True)
     options.enable_mem_pattern = params.flag("enable_mem_pattern", True)
     for key, value in params.items():
-        if key.startswith("session."):
-            options.add_session_config_entry(key, value)
+        if key.startswith(SESSION_PREFIX):
+            options.add_session_config_entry(key, _session_value(params, key, value))
     return options
+
+
+def _session_value(params: Parameters, key: str, value: str) -> str:
+    """An ORT session config value, checked where ortserve knows the key's type."""
+    if key in SESSION_FLAGS:
+        return "1" if params.flag(key, False) else "0"
+    if key in SESSION_INTEGERS:
+        return str(params.integer(key, 0, minimum=0))
+    return value
 
 
 def provider_plan(config: mc.ModelConfig, available: Collection[str], source: str) -> ProviderPlan:

@@ -58,10 +58,7 @@ class ModelSessions:
             raise ModelLoadError(f"{model_path}: onnxruntime could not load it: {exc}") from None
         first = self._sessions[0]
         self.provider: str = first.get_providers()[0]
-        self.signature = Signature(
-            inputs=tuple(_spec(arg, model_path) for arg in first.get_inputs()),
-            outputs=tuple(_spec(arg, model_path) for arg in first.get_outputs()),
-        )
+        self.signature = session_signature(first, model_path)
         self._string_inputs = {
             s.name for s in self.signature.inputs if s.data_type == mc.TYPE_STRING
         }
@@ -135,6 +132,15 @@ class ModelSessions:
         self._closed = True
         self._sessions.clear()
         self._idle = None
+
+
+def session_signature(session: Any, model_path: Path) -> Signature:
+    """A session's inputs and outputs as ortserve serves them (ModelLoadError for a type it
+    cannot serve)."""
+    return Signature(
+        inputs=tuple(_spec(arg, model_path) for arg in session.get_inputs()),
+        outputs=tuple(_spec(arg, model_path) for arg in session.get_outputs()),
+    )
 
 
 def _spec(arg: Any, model_path: Path) -> TensorSpec:
