@@ -161,7 +161,7 @@ def _check_tls_files(cert: Path, key: Path, client_ca: Path | None) -> None:
     """Load the files as OpenSSL will: gRPC itself would only say it "failed to bind"."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(cert, key)
+        context.load_cert_chain(cert, key, password=lambda: b"")  # never prompt on a terminal
     except ssl.SSLError as exc:
         raise ValueError(
             f"--tls-cert {cert} with --tls-key {key}: not a PEM certificate and its matching "

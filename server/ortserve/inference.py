@@ -238,8 +238,8 @@ async def _submit(
         {name: array[start : start + limit] for name, array in prepared.feeds.items()}
         for start in range(0, rows, limit)
     ]
-    parts = await asyncio.gather(
-        *(
+    tasks = [
+        asyncio.ensure_future(
             served.executor.submit(
                 feeds,
                 priority=priority,
@@ -247,9 +247,15 @@ async def _submit(
                 deadline=deadline,
                 length=length,  # every slice keeps the request's width: the outputs line up
             )
-            for feeds in slices
         )
-    )
+        for feeds in slices
+    ]
+    try:
+        parts = await asyncio.gather(*tasks)
+    except BaseException:  # one slice failed (or the caller left): the others are no use now
+        for task in tasks:
+            task.cancel()
+        raise
     return merge_results(parts)
 
 

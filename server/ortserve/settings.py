@@ -159,7 +159,10 @@ def _env_value(parser: argparse.ArgumentParser, env: str, raw: str, flag: _Flag)
     except ValueError:
         parser.error(f"{env}={raw!r} is not a valid {flag.kind.__name__}")
     if flag.choices and value not in flag.choices:
-        parser.error(f"{env}={raw!r}: choose from {', '.join(map(str, flag.choices))}")
+        lowered = value.lower() if isinstance(value, str) else value
+        if lowered not in flag.choices:  # INFO for info is common in environment files
+            parser.error(f"{env}={raw!r}: choose from {', '.join(map(str, flag.choices))}")
+        value = lowered
     return value
 
 

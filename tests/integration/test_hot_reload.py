@@ -222,9 +222,10 @@ def test_remove_version_remove_model_and_change_config(
             offset_of(client, "m", "1")
         shutil.rmtree(repo / "gone")
         wait_for(lambda: not client.is_model_ready("gone"), "model 'gone' to go")
+        # Not ready at once; unknown once its version has drained and it has left the index.
+        wait_for(lambda: all(name != "gone" for name, _ in index(client)), "'gone' to leave")
         with pytest.raises(InferenceServerException, match="unknown model 'gone'"):
             offset_of(client, "gone")
-        assert ("gone", "") not in index(client)
         (repo / "m" / "config.pbtxt").write_text("max_batch_size: 4\nversion_policy: { all: {} }\n")
         wait_for(lambda: client.get_model_config("m", as_json=True)["config"]["max_batch_size"] == 4,
                  "the new config")  # fmt: skip
@@ -340,3 +341,19 @@ def test_a_policy_that_selects_nothing_keeps_what_serves(
         reasons = " ".join(r.get("reason", "") for r in index(client).values())
         assert "config.pbtxt: version_policy selects none of the versions on disk (1)" in reasons
         assert offset_of(client, "add") == 1.0  # still served
+
+
+def test_a_removed_version_folder_drains_under_a_specific_policy(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    repo = tmp_path / "repo"
+    for version in (1, 2):
+        write_model(repo, "m", add_model(offset=float(version)), version=version,
+                    config="version_policy { specific { versions: [1] } }\n")  # fmt: skip
+    daemon = daemon_factory(repo, *FAST)
+    with tg.InferenceServerClient(daemon.address) as client:
+        assert served_versions(client, "m") == ["1"]
+        shutil.rmtree(repo / "m" / "1")
+        wait_for(lambda: served_versions(client, "m") == [], "version 1 to drain")
+        with pytest.raises(InferenceServerException):
+            offset_of(client, "m", "1")

@@ -394,6 +394,11 @@ def test_a_question_too_long_for_the_window_is_invalid_argument(
         assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
         message = str(error.value)
         assert "leaves too little room for its context in a window of 24 tokens" in message
+    # The same 13-word question with a context short enough to share its window: no window is
+    # cut, so nothing is refused.
+    question = " ".join((["where", "does", "alice", "work"] * 8)[:13])
+    result = client.infer("qa", [_texts("TEXT", [question]), _texts("TEXT_PAIR", ["in london"])])
+    assert result.as_numpy("ANSWER")[0, 0] is not None
     # The daemon carries on: the next request is answered.
     result = client.infer(
         "qa", [_texts("TEXT", ["where does alice work"]), _texts("TEXT_PAIR", [CONTEXT])]

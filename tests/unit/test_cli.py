@@ -73,8 +73,8 @@ def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "says"),
     [
-        ("ORTSERVE_MODEL_CONTROL_MODE", "POLL", "choose from none, poll, explicit"),
-        ("ORTSERVE_LOG_FORMAT", "JSON", "choose from"),
+        ("ORTSERVE_MODEL_CONTROL_MODE", "sometimes", "choose from none, poll, explicit"),
+        ("ORTSERVE_LOG_FORMAT", "xml", "choose from"),
         ("ORTSERVE_GRPC_PORT", "abc", "is not a valid int"),
         ("ORTSERVE_ENABLE_REPOSITORY_CONTROL", "maybe", "use 1/true/yes/on or 0/false/no/off"),
     ],
@@ -97,8 +97,10 @@ def test_good_variables_still_set_their_flags() -> None:
         "ORTSERVE_MODEL_CONTROL_MODE": "explicit",
         "ORTSERVE_ENABLE_REPOSITORY_CONTROL": "off",
         "ORTSERVE_GRPC_PORT": "9100",
+        "ORTSERVE_LOG_LEVEL": "INFO",  # environment files often spell it so
     }
     settings = _parse([], env)
+    assert settings.log_level == "info"
     assert settings.model_control_mode == "explicit"
     assert settings.enable_repository_control is False
     assert settings.grpc_port == 9100

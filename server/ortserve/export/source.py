@@ -16,6 +16,7 @@ from typing import Any
 
 from ortserve.export.errors import ExportError
 from ortserve.export.options import MAX_SEQUENCE_LENGTH_CAP, TASKS
+from ortserve.text.settings import POOLING_KEYS
 
 #: A Hugging Face Hub id: ``name`` or ``owner/name``.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
@@ -153,7 +154,8 @@ def detect_task(source: ModelSource) -> str:
 
 
 def sentence_transformers_settings(folder: Path) -> dict[str, str]:
-    """``pooling`` (mean, cls, max) and ``normalize`` ("true"/"false") from the ST files."""
+    """``pooling`` (mean, cls, max, mean_sqrt_len or last) and ``normalize`` ("true"/"false")
+    from the sentence-transformers files."""
     settings: dict[str, str] = {}
     modules = _read_json(folder / "modules.json") if (folder / "modules.json").is_file() else []
     pooling_dir = "1_Pooling"
@@ -163,13 +165,7 @@ def sentence_transformers_settings(folder: Path) -> dict[str, str]:
     pooling_path = folder / pooling_dir / "config.json"
     if pooling_path.is_file():
         pooling = _read_json(pooling_path)
-        for key, mode in (
-            ("pooling_mode_mean_tokens", "mean"),
-            ("pooling_mode_cls_token", "cls"),
-            ("pooling_mode_max_tokens", "max"),
-            ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
-            ("pooling_mode_lasttoken", "last"),
-        ):
+        for key, mode in POOLING_KEYS:  # the daemon's own reading of these files
             if pooling.get(key):
                 settings["pooling"] = mode
                 break

@@ -171,7 +171,12 @@ class ModelRegistry:
                         continue  # not complete yet: neither served nor loaded
                     fingerprint = served.fingerprint  # keep the served one until it settles
             available[version] = fingerprint
-        if available and not served_versions(parsed.config.version_policy, available):
+        folders_kept = set(entry.versions) <= set(available)  # a removed folder still drains
+        if (
+            available
+            and folders_kept
+            and not served_versions(parsed.config.version_policy, available)
+        ):
             # A policy that picks nothing is a config mistake: what serves keeps serving.
             on_disk = ", ".join(str(v) for v in sorted(available))
             self._set_reason(

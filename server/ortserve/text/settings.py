@@ -38,7 +38,7 @@ AGGREGATIONS = ("none", "simple", "first", "max")
 POOLINGS = ("mean", "cls", "max", "mean_sqrt_len", "last")
 
 #: 1_Pooling/config.json keys, in the order the exporter reads them, and the pooling they mean.
-_POOLING_KEYS = (
+POOLING_KEYS = (
     ("pooling_mode_mean_tokens", "mean"),
     ("pooling_mode_cls_token", "cls"),
     ("pooling_mode_max_tokens", "max"),
@@ -131,7 +131,7 @@ def _default_task(files: ModelFiles) -> str:
 
 
 def _default_pooling(files: ModelFiles) -> str:
-    for key, pooling in _POOLING_KEYS:
+    for key, pooling in POOLING_KEYS:
         if files.pooling.get(key):
             return pooling
     return "mean"

@@ -80,14 +80,20 @@ class TextEncoder:
         self._dtype = input_dtype
         self._pad_id = _pad_id(tokenizer)
 
-    def _check_questions(self, questions: Sequence[str]) -> None:
-        assert self._questions is not None
-        for index, encoding in enumerate(
-            self._questions.encode_batch(list(questions), add_special_tokens=False)
+    def _check_questions(self, questions: Sequence[str], contexts: Sequence[str]) -> None:
+        """Refuse a question that leaves no more room than the stride, when its pair must be
+        split into windows (a pair that fits the window is never truncated: it is fine)."""
+        tokens = self._questions
+        assert tokens is not None
+        for index, question in enumerate(
+            tokens.encode_batch(list(questions), add_special_tokens=False)
         ):
-            if self._room - len(encoding.ids) <= self._stride:
+            if self._room - len(question.ids) > self._stride:
+                continue  # the common case: the context alone is measured only when needed
+            context = tokens.encode(contexts[index], add_special_tokens=False)
+            if len(question.ids) + len(context.ids) > self._room:
                 raise InvalidInput(
-                    f"input 'TEXT': question {index} has {len(encoding.ids)} tokens: "
+                    f"input 'TEXT': question {index} has {len(question.ids)} tokens: "
                     f"{self._refusal(None)}"
                 )
 
@@ -108,7 +114,7 @@ class TextEncoder:
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> Encoded:
         items: list[Any] = list(texts) if pairs is None else list(zip(texts, pairs, strict=True))
         if self._questions is not None and pairs is not None:
-            self._check_questions(texts)
+            self._check_questions(texts, pairs)
         try:
             encodings = self._tokenizer.encode_batch(items)
         except Exception as exc:  # tokenizers refuses e.g. a question longer than the window
