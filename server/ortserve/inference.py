@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,32 +225,26 @@ async def _submit(
     client's own excess, refused by the batcher as for any model."""
     encoded = prepared.encoded
     length = encoded.length if encoded is not None else None
-    limit = served.model_config.max_batch_size
-    rows = prepared.rows
-    if encoded is None or not limit or rows <= limit or prepared.client_rows > limit:
-        return await served.executor.submit(
-            prepared.feeds,
+
+    def submit(feeds: dict[str, Array]) -> Awaitable[ItemResult]:
+        # Every slice keeps the request's width (length): the outputs line up.
+        return served.executor.submit(
+            feeds,
             priority=priority,
             timeout_microseconds=timeout_us,
             deadline=deadline,
             length=length,
         )
+
+    limit = served.model_config.max_batch_size
+    rows = prepared.rows
+    if encoded is None or not limit or rows <= limit or prepared.client_rows > limit:
+        return await submit(prepared.feeds)
     slices = [
         {name: array[start : start + limit] for name, array in prepared.feeds.items()}
         for start in range(0, rows, limit)
     ]
-    tasks = [
-        asyncio.ensure_future(
-            served.executor.submit(
-                feeds,
-                priority=priority,
-                timeout_microseconds=timeout_us,
-                deadline=deadline,
-                length=length,  # every slice keeps the request's width: the outputs line up
-            )
-        )
-        for feeds in slices
-    ]
+    tasks = [asyncio.ensure_future(submit(feeds)) for feeds in slices]
     try:
         parts = await asyncio.gather(*tasks)
     except BaseException:  # one slice failed (or the caller left): the others are no use now

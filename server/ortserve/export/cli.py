@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from ortserve.export.errors import EXIT_USAGE, ExportError, Terminated
 from ortserve.export.options import (
     DEFAULT_MAX_BATCH_SIZE,
-    MIN_SEQUENCE_LENGTH,
     OPTIMIZE_LEVELS,
     QUANTIZE_TARGETS,
     TASKS,
@@ -29,6 +28,7 @@ from ortserve.export.options import (
     PublishOptions,
     Thresholds,
 )
+from ortserve.text.settings import MIN_SEQUENCE_LENGTH  # the daemon's own floor
 
 if TYPE_CHECKING:
     from ortserve.export.report import Reporter

@@ -72,8 +72,6 @@ MAX_SEQUENCE_LENGTH_CAP = 512
 #: ``max_batch_size`` in a new config.pbtxt when ``--max-batch-size`` is not given.
 DEFAULT_MAX_BATCH_SIZE = 32
 
-#: The daemon refuses a ``max_sequence_length`` below this.
-MIN_SEQUENCE_LENGTH = 2
 
 #: Where a tensor model's tokenizer files go in its version folder: a ``tokenizer.json`` beside
 #: ``model.onnx`` would make the daemon load it as a text model.

@@ -31,10 +31,9 @@ from typing import Any
 from ortserve.errors import OrtserveError
 from ortserve.export.errors import ExportError
 from ortserve.export.inspect import MANIFEST_FILENAME
-from ortserve.export.options import MIN_SEQUENCE_LENGTH
 from ortserve.repository.config import parse_config_text
 from ortserve.repository.layout import CONFIG_FILENAME, check_model_name, version_dirs
-from ortserve.text.settings import POOLINGS
+from ortserve.text.settings import MIN_SEQUENCE_LENGTH, POOLINGS
 from ortserve.text.settings import TASKS as TEXT_TASKS
 
 _CHUNK = 1 << 20

@@ -160,13 +160,14 @@ class ModelRegistry:
             served = entry.versions.get(version)
             if served is None or served.fingerprint != fingerprint:
                 delay = self._settle(entry.name, version, folder, fingerprint, settle)
+                has_model = (folder / filename).is_file()
                 if delay > 0:
                     wait = delay if wait is None else min(wait, delay)
-                elif not (folder / filename).is_file():
+                elif not has_model:
                     # Settled without its model file: nothing to wait for (the file's arrival
                     # is a change of its own), only a reason to show.
                     entry.failed[version] = _Failure(f"{folder}: no {filename} in it", fingerprint)
-                if delay > 0 or not (folder / filename).is_file():
+                if delay > 0 or not has_model:
                     if served is None:
                         continue  # not complete yet: neither served nor loaded
                     fingerprint = served.fingerprint  # keep the served one until it settles

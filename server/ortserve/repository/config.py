@@ -96,7 +96,9 @@ def complete_config(
     config = mc.ModelConfig()
     config.CopyFrom(parsed.config)
     src = parsed.source
-    check_supported(config, src)  # again: a config given over the API was not parsed here
+    # Again: a config given over the API was not parsed here. What it leaves unread is warned
+    # about once the config is complete.
+    unread = check_supported(config, src)
     if config.name and config.name != model_name:
         raise ConfigError(f"{src}: name '{config.name}' does not match the folder '{model_name}'")
     config.name = model_name
@@ -126,12 +128,13 @@ def complete_config(
     if not config.HasField("version_policy"):
         config.version_policy.latest.num_versions = 1
     _check_warmup(config, src)
-    _warn_ignored_parameters(config, src)
+    _warn_ignored_parameters(unread, src)
     return config
 
 
-def check_supported(config: mc.ModelConfig, src: str) -> None:
-    """Refuse what ortserve would otherwise accept and ignore, or serve other than it says.
+def check_supported(config: mc.ModelConfig, src: str) -> list[str]:
+    """Refuse what ortserve would otherwise accept and ignore, or serve other than it says;
+    return the ``parameters`` keys it does not read (kept, for a warning).
 
     Needs no model: run on every parsed config, so that a refusal names the field before any
     session is built."""
@@ -177,7 +180,7 @@ def check_supported(config: mc.ModelConfig, src: str) -> None:
     _check_instance_groups(config, src)
     _check_tensor_fields(config.input, src, "input")
     _check_tensor_fields(config.output, src, "output")
-    Parameters(config, src).check_keys()
+    return Parameters(config, src).check_keys()
 
 
 def _check_instance_groups(config: mc.ModelConfig, src: str) -> None:
@@ -261,8 +264,7 @@ def _check_warmup(config: mc.ModelConfig, src: str) -> None:
             )
 
 
-def _warn_ignored_parameters(config: mc.ModelConfig, src: str) -> None:
-    ignored = Parameters(config, src).check_keys()
+def _warn_ignored_parameters(ignored: list[str], src: str) -> None:
     session = [key for key in ignored if key.startswith(SESSION_PREFIX)]
     others = [key for key in ignored if not key.startswith(SESSION_PREFIX)]
     if others:

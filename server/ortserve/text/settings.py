@@ -36,6 +36,8 @@ TASKS = (
 )
 AGGREGATIONS = ("none", "simple", "first", "max")
 POOLINGS = ("mean", "cls", "max", "mean_sqrt_len", "last")
+#: The fewest tokens ``max_sequence_length`` may give (the exporter refuses less, too).
+MIN_SEQUENCE_LENGTH = 2
 
 #: 1_Pooling/config.json keys, in the order the exporter reads them, and the pooling they mean.
 POOLING_KEYS = (
@@ -88,8 +90,10 @@ def text_settings(params: Parameters, files: ModelFiles) -> TextSettings:
     if pooling not in POOLINGS:
         raise ConfigError(f"{where('pooling')}: '{pooling}' is not one of {POOLINGS}")
     max_length = params.integer("max_sequence_length", _default_max_length(files))
-    if max_length < 2:
-        raise ConfigError(f"{where('max_sequence_length')}: must be >= 2, got {max_length}")
+    if max_length < MIN_SEQUENCE_LENGTH:
+        raise ConfigError(
+            f"{where('max_sequence_length')}: must be >= {MIN_SEQUENCE_LENGTH}, got {max_length}"
+        )
     problem = str(files.hf_config.get("problem_type", ""))
     settings = TextSettings(
         task=task,
