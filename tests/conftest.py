@@ -78,7 +78,10 @@ def _wait_ready(address: str, deadline: float) -> None:
     raise TimeoutError(f"daemon at {address} not ready within {START_TIMEOUT_S}s")
 
 
-def start_daemon(repo: Path, log_path: Path, *extra: str, wait_ready: bool = True) -> Daemon:
+def start_daemon(
+    repo: Path, log_path: Path, *extra: str, wait_ready: bool = True, cwd: Path | None = None
+) -> Daemon:
+    """``repo`` may be relative to ``cwd``, as scripts/serve.sh passes `model_repo`."""
     cmd = [
         sys.executable, "-m", "ortserve", "serve",
         "--model-repository", str(repo),
@@ -88,7 +91,7 @@ def start_daemon(repo: Path, log_path: Path, *extra: str, wait_ready: bool = Tru
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORTSERVE_")}
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
         port, metrics_port = _read_ports(log_path, process, deadline)
@@ -109,10 +112,11 @@ DaemonFactory = Callable[..., Daemon]
 def daemon_factory(tmp_path: Path) -> Iterator[DaemonFactory]:
     started: list[Daemon] = []
 
-    def factory(repo: Path, *extra: str, wait_ready: bool = True) -> Daemon:
-        daemon = start_daemon(
-            repo, tmp_path / f"daemon-{len(started)}.log", *extra, wait_ready=wait_ready
-        )
+    def factory(
+        repo: Path, *extra: str, wait_ready: bool = True, cwd: Path | None = None
+    ) -> Daemon:
+        log_path = tmp_path / f"daemon-{len(started)}.log"
+        daemon = start_daemon(repo, log_path, *extra, wait_ready=wait_ready, cwd=cwd)
         started.append(daemon)
         return daemon
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +35,11 @@ _NOT_RETRIED = ("RepositoryModelLoad", "RepositoryModelUnload")
 
 
 @dataclass(frozen=True, slots=True)
-class InferResult:
-    """A ModelInfer answer: outputs by name as numpy arrays (BYTES as ``np.object_`` of bytes,
-    or of str when asked with ``as_str``), the version that ran, the id and the parameters."""
+class InferResult(Mapping[str, Array]):
+    """A ModelInfer answer: a read-only mapping of output name to numpy array (BYTES as
+    ``np.object_`` of bytes, or of str when asked with ``as_str``), so ``dict(result)``,
+    ``result.keys()``, ``len`` and iteration work; plus the version that ran, the id and the
+    parameters. ``outputs`` is the same mapping as a plain dict."""
 
     outputs: dict[str, Array]
     model_name: str
@@ -47,6 +49,12 @@ class InferResult:
 
     def __getitem__(self, name: str) -> Array:
         return self.outputs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.outputs)
+
+    def __len__(self) -> int:
+        return len(self.outputs)
 
     def __contains__(self, name: object) -> bool:
         return name in self.outputs

@@ -205,8 +205,15 @@ def parameter_value(param: pb.InferParameter) -> Any:
     return getattr(param, choice) if choice else None
 
 
-def decode_request_inputs(request: pb.ModelInferRequest) -> list[DecodedTensor]:
-    """All inputs of a ModelInferRequest as numpy arrays, checking counts and sizes."""
+def decode_request_inputs(
+    request: pb.ModelInferRequest, max_bytes_elements: int | None = None
+) -> list[DecodedTensor]:
+    """All inputs of a ModelInferRequest as numpy arrays, checking counts and sizes.
+
+    ``max_bytes_elements``: the most elements one BYTES tensor may declare (None: no limit),
+    checked on the declared shape before anything is decoded: each element becomes a Python
+    object, so the count, not the payload's size, is what decoding costs.
+    """
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise TensorError(
@@ -221,6 +228,15 @@ def decode_request_inputs(request: pb.ModelInferRequest) -> list[DecodedTensor]:
         if element_count([dim for dim in shape if dim]) > MAX_ELEMENTS:  # zeros hide nothing
             raise TensorError(
                 f"input '{name}': shape {shape} declares more than {MAX_ELEMENTS} elements"
+            )
+        if (
+            max_bytes_elements is not None
+            and tensor.datatype == "BYTES"
+            and element_count(shape) > max_bytes_elements
+        ):
+            raise TensorError(
+                f"input '{name}': shape {shape} declares {element_count(shape)} BYTES elements, "
+                f"more than the {max_bytes_elements} one BYTES tensor may carry"
             )
         has_contents = tensor.HasField("contents")
         if raw and has_contents:

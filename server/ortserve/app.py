@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import re
 import signal
 import ssl
 import sys
-from collections.abc import Awaitable
+import tempfile
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
@@ -20,7 +25,7 @@ from ortserve.observability.metrics import Metrics
 from ortserve.protocol.auth import TokenInterceptor, read_tokens
 from ortserve.protocol.health import Health, enable_reflection
 from ortserve.protocol.servicer import InferenceServicer
-from ortserve.protocol.status import ErrorInterceptor
+from ortserve.protocol.status import ErrorInterceptor, ShutdownHold
 from ortserve.registry.registry import ModelRegistry
 from ortserve.repository.watcher import RepositoryWatcher, SettleTracker
 from ortserve.settings import ServeSettings
@@ -55,11 +60,14 @@ async def _shut_down(
 ) -> None:
     """In order: say NOT_SERVING, keep serving for the drain delay (load balancers move away),
     refuse new requests with UNAVAILABLE (retried elsewhere), let admitted ones finish within the
-    grace period, stop the server, close the sessions. A second signal stops at once."""
+    grace period (open streams end with UNAVAILABLE once theirs are answered), stop the server,
+    close the sessions. A second signal stops at once."""
     log.info("stopping", drain_seconds=settings.drain_seconds, grace_seconds=settings.grace_seconds)
     servicer.ready = False
     await health.set_server(False)
-    graceful = asyncio.ensure_future(_drain(settings, server, inference, watcher, loop))
+    graceful = asyncio.ensure_future(
+        _drain(settings, server, inference, servicer.hold, watcher, loop)
+    )
 
     def at_once() -> None:
         if not graceful.done():
@@ -77,10 +85,18 @@ async def _shut_down(
     log.info("requests", admitted=inference.admitted, answered=inference.answered)
 
 
+#: Before the server stops, new calls are held (``ShutdownHold``) until neither a call nor a
+#: stream message has arrived for this long (a client that retries at once, held, sends nothing
+#: more), for ``HOLD_MAX_S`` at most, within the grace period.
+HOLD_QUIET_S = 0.1
+HOLD_MAX_S = 1.0
+
+
 async def _drain(
     settings: ServeSettings,
     server: grpc.aio.Server,
     inference: InferenceService,
+    hold: ShutdownHold,
     watcher: RepositoryWatcher | None,
     loop: asyncio.AbstractEventLoop,
 ) -> None:
@@ -95,7 +111,18 @@ async def _drain(
             await inference.wait_idle()
     except TimeoutError:
         log.warning("requests still running after the grace period; stopping anyway")
-    await server.stop(max(deadline - loop.time(), 0.0) + 0.5)
+    # A call that reaches gRPC once its stop has begun is cancelled by gRPC itself (CANCELLED,
+    # not UNAVAILABLE: the client cannot tell that it did not run). So new calls are held until
+    # clients are quiet, and let through (to be refused) only once the stop has begun.
+    hold.hold()
+    await hold.until_quiet(HOLD_QUIET_S, min(HOLD_MAX_S, max(deadline - loop.time(), 0.0)))
+    hold.end_streams()
+    stopping = asyncio.ensure_future(server.stop(max(deadline - loop.time(), 0.0) + 0.5))
+    # One step of stop(): gRPC's core stops taking calls and sends each client its GOAWAY, before
+    # stop() first waits; the held calls are answered after that, on the same connections.
+    await asyncio.sleep(0)
+    hold.release()
+    await stopping
 
 
 async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
@@ -126,19 +153,91 @@ def _build_server(settings: ServeSettings, servicer: InferenceServicer) -> grpc.
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if settings.auth_token_file is not None:
         interceptors.append(TokenInterceptor(read_tokens(settings.auth_token_file)))
-    interceptors.append(ErrorInterceptor())
+    interceptors.append(ErrorInterceptor(servicer.hold))
     server = grpc.aio.server(
         interceptors=interceptors,
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
         options=[
             ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
+            # Answers are the daemon's own, sized by the request and the model: not bounded.
+            ("grpc.max_send_message_length", 2**31 - 1),
             ("grpc.so_reuseport", 0),
         ],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     enable_reflection(server)
     return server
+
+
+def _listen(
+    server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
+) -> int:
+    """Bind the gRPC port; the bound port, or OSError with the reason (``Address already in
+    use``). On failure gRPC's core writes its own line to file descriptor 2 ("E1203 00:03:48
+    ... add_port.cc:83] ...") and raises only "Failed to bind ..."; it is caught here so that the
+    daemon's one message, naming the address and the reason, is all a person reads. Anything
+    the core writes during a successful bind is passed on to stderr, not lost."""
+    failure: Exception | None = None
+    port = 0
+    with _fd2_captured() as core:
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
+        except (RuntimeError, OSError, ValueError) as exc:
+            failure = exc
+    if failure is None and port > 0:
+        if core.text:
+            sys.stderr.write(core.text)
+        return port
+    reason = _core_bind_reason(core.text) or str(failure or "gRPC bound no port")
+    if "in use" in reason:
+        reason += " (another process listens there: pick another --grpc-port, or 0 for a free one)"
+    raise OSError(reason)
+
+
+@dataclass
+class _Captured:
+    text: str = ""
+
+
+@contextmanager
+def _fd2_captured() -> Iterator[_Captured]:
+    """What anything, C code included, writes to file descriptor 2 while the block runs; it goes
+    to a temporary file instead of the terminal, and is handed over when the block ends."""
+    captured = _Captured()
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all (started with 2>&-): nothing to keep clean
+        yield captured
+        return
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield captured
+            finally:
+                os.dup2(saved, 2)
+                sink.seek(0)
+                captured.text = sink.read().decode("utf-8", errors="replace")
+    finally:
+        os.close(saved)
+
+
+#: gRPC core's reason in its add_port line: "... (Error in bind for address '[::1]:8001':
+#: Address already in use)".
+_CORE_BIND_REASON = re.compile(r"Error in bind for address '[^']*': (?P<reason>[^)]+)\)")
+
+
+def _core_bind_reason(core_text: str) -> str:
+    """The reason gRPC's core gave, else its lines without their log prefix."""
+    match = _CORE_BIND_REASON.search(core_text)
+    if match:
+        return match["reason"].strip()
+    lines = (line.partition("] ")[2] or line for line in core_text.splitlines())
+    return "; ".join(line.strip() for line in lines if line.strip())
 
 
 def _server_credentials(settings: ServeSettings) -> grpc.ServerCredentials | None:
@@ -188,13 +287,21 @@ async def _load_initial(settings: ServeSettings, registry: ModelRegistry) -> Non
 
 
 async def serve(settings: ServeSettings) -> int:
-    root = settings.model_repository
+    # Resolved once: watchfiles reports absolute paths, which a relative root (serve.sh passes
+    # `model_repo`) would never match, so no change would ever be seen.
+    root = settings.model_repository.resolve()
     if not root.is_dir():
         log.error("model repository not found", model_repository=str(root))
         return 2
     metrics = Metrics()
     tracker = SettleTracker(settings.settle_seconds)
-    registry = ModelRegistry(root, settings.default_max_batch_size, metrics, tracker)
+    registry = ModelRegistry(
+        root,
+        settings.default_max_batch_size,
+        metrics,
+        tracker,
+        allow_links_outside=settings.allow_symlinks_outside_repository,
+    )
     inference = InferenceService(registry, metrics)
     servicer = InferenceServicer(registry, inference, version(), _control_hint(settings))
     try:
@@ -211,19 +318,22 @@ async def serve(settings: ServeSettings) -> int:
         log.error("cannot start", error=str(exc))
         return 2
     try:
-        if credentials is None:
-            port = server.add_insecure_port(address)
-        else:
-            port = server.add_secure_port(address, credentials)
-    except (RuntimeError, OSError, ValueError) as exc:
+        port = _listen(server, address, credentials)
+    except OSError as exc:
         log.error("cannot listen", address=address, error=str(exc))
         return 2
     metrics_port = None
-    if settings.metrics_port >= 0:
+    wanted_metrics_port = settings.metrics_port_to_bind()
+    if wanted_metrics_port >= 0:
         try:
-            metrics_port = metrics.serve(settings.host, settings.metrics_port)
+            metrics_port = metrics.serve(settings.host, wanted_metrics_port)
         except OSError as exc:
-            log.error("cannot serve metrics", port=settings.metrics_port, error=str(exc))
+            log.error(
+                "cannot serve metrics",
+                address=_address(settings.host, wanted_metrics_port),
+                error=exc.strerror or str(exc),
+                hint="pick another --metrics-port, 0 for a free one, or -1 for none",
+            )
             return 2
     await server.start()
     await health.set_server(False)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import select
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata as importlib_metadata
 
 from ortserve.settings import add_serve_arguments, environ, settings_from_args
 from ortserve.status import add_status_arguments, run_status
@@ -24,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ortserve",
         description="Serve ONNX models over the KServe v2 / Triton gRPC API.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {distribution_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
         "serve",
@@ -68,8 +72,56 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+def distribution_version() -> str:
+    """The installed ortserve distribution's version (what the daemon reports in
+    ServerMetadata)."""
+    try:
+        return importlib_metadata.version("ortserve")
+    except importlib_metadata.PackageNotFoundError:  # pragma: no cover - running from a checkout
+        return "0+unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = list(sys.argv[1:] if argv is None else argv)
+    """Run one command. Output cut short by its reader (``ortserve status | head``) ends the
+    command quietly, as for other command-line tools: no traceback, exit status 1 (what rich,
+    which prints the export tool's tables, and Python's own recipe give). The exception still
+    unwinds, so the export tool's cleanups run."""
+    try:
+        try:
+            code = _run(list(sys.argv[1:] if argv is None else argv))
+        except SystemExit:  # --help, --version, a usage error: their text is in the buffer too
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()  # output that fit in the buffer meets the closed pipe only here
+    except BrokenPipeError:
+        if not _silence_closed_outputs():
+            raise  # a pipe of the command's own (a subprocess, a socket), not its output
+        return 1
+    return code
+
+
+def _silence_closed_outputs() -> bool:
+    """Point stdout/stderr whose reader has gone at /dev/null, so the interpreter's last flush
+    does not print 'Exception ignored ... BrokenPipeError'; whether any had gone."""
+    closed = [fd for fd in (1, 2) if _reader_gone(fd)]
+    if closed:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in closed:
+            os.dup2(devnull, fd)
+        os.close(devnull)
+    return bool(closed)
+
+
+def _reader_gone(fd: int) -> bool:
+    """A pipe (or socket) whose other end is closed polls as an error on the writing end."""
+    if not hasattr(select, "poll"):  # pragma: no cover - Windows: no SIGPIPE, no poll
+        return fd == 1
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _run(arguments: list[str]) -> int:
     if arguments and arguments[0] in TOOL_COMMANDS:
         from ortserve.export.cli import main as tool_main
 

@@ -45,3 +45,11 @@ class ModelLoadError(OrtserveError):
 
 class ConfigError(ModelLoadError):
     """A configuration file is invalid; the message names the file and the field or line."""
+
+
+def shown(text: str, limit: int = 64) -> str:
+    """``text`` quoted for a message, cut to ``limit`` characters: a value a caller sent is named,
+    never echoed back kilobytes long."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"

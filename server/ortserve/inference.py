@@ -158,6 +158,15 @@ class InferenceService:
             parameters=parameters,
         )
 
+    def check_target(self, model_name: str, model_version: str) -> None:
+        """Refuse, as ``infer`` would, a request to a model or version that cannot serve it,
+        before its tensors are decoded (decoding a large request costs seconds of CPU)."""
+        try:
+            self._registry.resolve(model_name, model_version)
+        except OrtserveError as exc:
+            self._failed(None, exc, 0, model_name)
+            raise
+
     def undecodable(self, model_name: str, exc: InvalidInput) -> OrtserveError:
         """A request whose tensors could not be decoded (before ``infer``): counted as a
         failure, and answered as any request to an unknown model would be, else with ``exc``."""

@@ -20,7 +20,7 @@ class ServeSettings:
     model_repository: Path
     host: str = "127.0.0.1"
     grpc_port: int = 8001
-    metrics_port: int = 8002
+    metrics_port: int | None = None  # see metrics_port_to_bind()
     log_format: str = "console"
     log_level: str = "info"
     model_control_mode: str = "poll"
@@ -28,8 +28,9 @@ class ServeSettings:
     load_model: tuple[str, ...] = field(default_factory=tuple)
     settle_seconds: float = 1.0
     watch_polling: bool = False
+    allow_symlinks_outside_repository: bool = False
     default_max_batch_size: int = 32
-    max_message_bytes: int = 2**31 - 1
+    max_message_bytes: int = 64 * 2**20
     max_concurrent_rpcs: int = 0
     grace_seconds: float = 5.0
     drain_seconds: float = 0.0
@@ -38,6 +39,17 @@ class ServeSettings:
     tls_client_ca: Path | None = None
     auth_token_file: Path | None = None
     event_loop: str = "auto"
+
+    def metrics_port_to_bind(self) -> int:
+        """--metrics-port as given; when not given, 8002, or 0 (a free one) when --grpc-port is
+        0: two daemons started on free gRPC ports must not both reach for 8002."""
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return 0 if self.grpc_port == 0 else DEFAULT_METRICS_PORT
+
+
+#: The metrics port when neither --metrics-port nor ORTSERVE_METRICS_PORT is given.
+DEFAULT_METRICS_PORT = 8002
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +66,10 @@ _FLAGS: dict[str, _Flag] = {
     "host": _Flag("address to listen on (pass 0.0.0.0 in a container to accept outside traffic)"),
     "grpc_port": _Flag("gRPC port; 0 picks a free one and logs it on one line", int),
     "metrics_port": _Flag(
-        "Prometheus /metrics port on the same host; 0 picks a free one, -1 turns it off", int
+        "Prometheus /metrics port on the same host; 0 picks a free one, -1 turns it off "
+        f"(default: {DEFAULT_METRICS_PORT}, or 0 when --grpc-port is 0, so that daemons started "
+        "on free ports do not collide; the bound port is logged on the 'listening' line)",
+        int,
     ),
     "log_format": _Flag("console (human) or json (one object per line)", str, ("console", "json")),
     "log_level": _Flag("debug, info, warning or error", str, ("debug", "info", "warning", "error")),
@@ -75,6 +90,11 @@ _FLAGS: dict[str, _Flag] = {
         "(a READY file in it, or publishing it by one atomic rename, skips the wait)",
         float,
     ),
+    "allow_symlinks_outside_repository": _Flag(
+        "follow symbolic links (a model, version, model file or config) that lead outside the "
+        "model repository, as Triton does; without it such a model is refused with the link named",
+        bool,
+    ),
     "watch_polling": _Flag(
         "watch the repository by polling instead of file-system events (network file systems)",
         bool,
@@ -84,7 +104,11 @@ _FLAGS: dict[str, _Flag] = {
         "a dynamic first dimension",
         int,
     ),
-    "max_message_bytes": _Flag("largest gRPC message accepted or sent, in bytes", int),
+    "max_message_bytes": _Flag(
+        "largest gRPC request accepted, in bytes (64 MiB); a larger one gets RESOURCE_EXHAUSTED "
+        "from gRPC (answers may be up to 2 GiB)",
+        int,
+    ),
     "max_concurrent_rpcs": _Flag(
         "most RPCs in progress at once; more get RESOURCE_EXHAUSTED from gRPC (0 = no limit)", int
     ),
@@ -139,7 +163,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, s
             continue
         default = _env_value(parser, env, raw, flag) if raw is not None else fallback
         required = default is MISSING
-        shown = "" if required else f" (default: {default})"
+        # None: no value of its own; the flag's help says what it means.
+        shown = "" if required or default is None else f" (default: {default})"
         parser.add_argument(
             option,
             dest=name,

@@ -9,7 +9,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -77,6 +77,9 @@ def test_public_api_is_pinned() -> None:
         "InferResult", "InferenceServerError", "InvalidArgumentError", "NotFoundError",
         "ResourceExhaustedError", "UnavailableError",
     ]  # fmt: skip
+    # Every pinned name is there, and every public class the package exports is pinned.
+    exported = {n for n, v in vars(ortserve_client).items() if isinstance(v, type)}
+    assert exported == set(ortserve_client.__all__)
 
 
 @pytest.mark.parametrize("cls", [Client, AsyncClient])
@@ -110,6 +113,33 @@ def test_infer_result_carries_outputs_version_id_and_timing(client: Client) -> N
     assert "queue_us" in result.parameters
     pinned = client.infer("add", {"x": X}, version="1", outputs=["y"])
     np.testing.assert_array_equal(pinned["y"], X + 1)
+
+
+def test_infer_result_is_a_mapping_of_outputs(daemon: Daemon, client: Client) -> None:
+    import ml_dtypes
+
+    half = np.arange(6, dtype=np.float16).reshape(2, 3)
+    feeds: Inputs = {"in_FP16": half, "in_BF16": half.astype(ml_dtypes.bfloat16)}
+    result = client.infer("halves", feeds)
+    assert isinstance(result, Mapping)
+    assert sorted(result) == sorted(result.keys()) == ["out_BF16", "out_FP16"]
+    assert len(result) == 2
+    as_dict = dict(result)
+    assert as_dict.keys() == result.outputs.keys()
+    np.testing.assert_array_equal(as_dict["out_FP16"], half)
+    assert [name for name, _ in result.items()] == list(result)
+    assert result.get("missing") is None
+    assert "out_FP16" in result
+    assert "in_FP16" not in result
+    assert result.model_name == "halves"  # the attributes stay
+
+    async def one() -> ortserve_client.InferResult:
+        async with AsyncClient(daemon.address) as aclient:
+            return await aclient.infer("halves", feeds, outputs=["out_FP16"])
+
+    subset = asyncio.run(one())
+    assert list(subset.keys()) == ["out_FP16"]
+    assert len(subset) == 1
 
 
 def test_bytes_fp16_bf16_round_trip(client: Client) -> None:

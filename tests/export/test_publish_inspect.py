@@ -140,6 +140,73 @@ def test_publish_exported_folder_and_inspect(
     assert "no such file or folder" in missing.err
 
 
+def test_inspect_shows_dims_and_a_short_manifest(tmp_path: Path, cli: CLI) -> None:
+    """No torch: an ONNX file published as is. The dims column once came out empty (rich read
+    "[batch_size, 384]" as markup) and the whole manifest was printed (~110 lines here, ~330
+    for an export)."""
+    model = tmp_path / "add.onnx"
+    onnx.save(add_model(width=384, batch="batch_size"), str(model))
+    repo = tmp_path / "repo"
+    assert cli("publish", model, "--name", "add", "--repo", repo).code == 0
+    shown = cli("inspect", repo / "add" / "1")
+    assert shown.code == 0, shown.err
+    assert shown.out.count("[batch_size, 384]") == 2  # the input and the output
+    for text in ("made by", "ortserve publish", "check onnx_checker", "passed (full_check)",
+                 "1,656 bytes", "--manifest"):  # fmt: skip
+        assert text in shown.out, text
+    assert "cpu_flags" not in shown.out
+    assert "files_sha256" not in shown.out
+    assert len(shown.out.splitlines()) <= 40, shown.out
+    whole = cli("inspect", repo / "add" / "1", "--manifest")
+    assert whole.code == 0, whole.err
+    assert "cpu_flags" in whole.out
+    assert "files_sha256" in whole.out
+    data = json.loads(cli("inspect", repo / "add" / "1", "--json").out)
+    assert data["manifest"]["machine"]["cpu_count"] == os.cpu_count()
+    assert data["graph"]["inputs"][0]["dims"] == ["batch_size", 384]
+
+
+def test_manifest_summary_of_an_export() -> None:
+    from ortserve.export.inspect import manifest_summary
+
+    exported = {
+        "made_by": "ortserve export", "created_utc": "2026-01-01T00:00:00+00:00", "version": 2,
+        "command": "ortserve export --model m --name n", "model": {"name": "n", "task": "x"},
+        "source": {"hub_id": "acme/tiny", "model": "acme/tiny"},
+        "checks": {"onnx_checker": "passed", "variants": {"int8": {"passed": False, "rule": "r"}}},
+        "decisions": {"int8": {"publish": False, "reason": "cosine 0.9 < 0.99"}},
+        "benchmark": {"rows": [{"variant": "fp32", "batch": 1, "p50_ms": 1.5, "p95_ms": 2.0}]},
+        "files": {"model.onnx": {"bytes": 2048}, "tokenizer.json": {"bytes": 10}},
+    }  # fmt: skip
+    rows = dict(manifest_summary(exported))
+    assert rows["source"] == "acme/tiny"
+    assert rows["check int8"] == "FAILED: r"
+    assert rows["decision int8"] == "not published: cosine 0.9 < 0.99"
+    assert rows["bench fp32 batch 1"] == "p50 1.5 ms, p95 2.0 ms"
+    assert rows["files"] == "2, 2,058 bytes"
+    assert dict(manifest_summary({}))["version"] == "?"  # a manifest missing fields still shows
+
+
+def test_inspect_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    """`ortserve inspect ... | head`: the tables and the JSON both stop without a traceback."""
+    model = tmp_path / "add.onnx"
+    onnx.save(add_model(), str(model))
+    paths = [os.environ.get("PYTHONPATH", ""), ENV["PYTHONPATH"]]  # a caller's path first
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    for extra in ([], ["--json"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader has gone, as head once it has its lines
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "ortserve", "inspect", str(model), *extra],
+                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120, env=env,
+            )  # fmt: skip
+        finally:
+            os.close(write_end)
+        assert done.returncode == 1, extra
+        assert done.stderr == "", extra
+
+
 def test_help_explains_every_flag() -> None:
     from ortserve.export.cli import build_export_parser, build_inspect_parser, build_publish_parser
 

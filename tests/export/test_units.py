@@ -266,3 +266,18 @@ def test_every_pooling_the_exporter_writes_loads_in_the_daemon(tmp_path: Path, k
     tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
     settings = text_settings(Parameters(config, "c"), ModelFiles(folder, tokenizer))
     assert settings.pooling == extra["pooling"]
+
+
+def test_names_with_a_trailing_newline_are_neither_staging_folders_nor_hub_ids(
+    tmp_path: Path,
+) -> None:
+    """Issue 13 item 18: "$" also matches before a trailing newline; the patterns match whole."""
+    dead = 2**22 + 12345  # above PID_MAX_LIMIT (2**22) on Linux: no such process can exist
+    odd = tmp_path / f".staging-{dead}-ab\n"
+    odd.mkdir()
+    stale = tmp_path / f".staging-{dead}-ab"
+    stale.mkdir()
+    assert publish_module.remove_stale_staging(tmp_path) == (stale.name,)
+    assert odd.is_dir()  # not a publisher's folder: left alone
+    with pytest.raises(ExportError, match="no such folder"):
+        resolve_source("org/model\n")

@@ -48,11 +48,11 @@ REFUSED = {
     ),
     "negative": (
         'parameters { key: "intra_op_thread_count" value: { string_value: "-3" } }\n',
-        "parameters 'intra_op_thread_count' must be an integer >= 0, got '-3'",
+        "parameters 'intra_op_thread_count' must be an integer from 0 to 1024, got '-3'",
     ),
     "tokens": (
         'max_batch_size: 4\nparameters { key: "max_batch_tokens" value: { string_value: "-5" } }\n',
-        "parameters 'max_batch_tokens' must be an integer >= 0, got '-5'",
+        "parameters 'max_batch_tokens' must be an integer from 0 to 2147483647, got '-5'",
     ),
     "bigwarm": (WARMUP_100, "model_warmup[0] 'big': batch_size 100 is more than max_batch_size 4"),
 }

@@ -357,3 +357,108 @@ def test_a_removed_version_folder_drains_under_a_specific_policy(
         wait_for(lambda: served_versions(client, "m") == [], "version 1 to drain")
         with pytest.raises(InferenceServerException):
             offset_of(client, "m", "1")
+
+
+def test_the_quick_start_form_reloads_a_relative_repository(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    """As scripts/serve.sh runs it: `--model-repository model_repo` from the folder above it,
+    with file events (not --watch-polling). Issue 13, item 1."""
+    write_model(tmp_path / "model_repo", "m", add_model(offset=1.0), version=1)
+    daemon = daemon_factory(Path("model_repo"), *FAST, cwd=tmp_path)
+    with tg.InferenceServerClient(daemon.address) as client:
+        assert offset_of(client, "m") == 1.0
+        publish(tmp_path / "model_repo", "m", 2, offset=2.0)
+        wait_for(lambda: served_versions(client, "m") == ["2"], "the renamed-in version 2")
+        write_model(tmp_path / "model_repo", "m", add_model(offset=3.0), version=3)
+        wait_for(lambda: served_versions(client, "m") == ["3"], "the copied-in version 3")
+        assert offset_of(client, "m") == 3.0
+
+
+def test_a_version_renamed_into_place_loads_without_a_settle_wait(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    """Issue 13, item 2: a folder renamed in from beside it is complete; it is not re-checked."""
+    repo = tmp_path / "repo"
+    write_model(repo, "m", add_model(offset=1.0), version=1)
+    daemon = daemon_factory(repo, "--settle-seconds", "30")
+    with tg.InferenceServerClient(daemon.address) as client:
+        publish(repo, "m", 2, offset=2.0)
+        wait_for(lambda: served_versions(client, "m") == ["2"], "the renamed version")
+    renamed = [
+        r for r in daemon.log_records() if r.get("event") == "version folder renamed into place"
+    ]
+    assert [(r["model"], r["version"]) for r in renamed] == [("m", 2)]
+
+
+def test_a_removed_version_serves_until_the_one_replacing_it_does(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    """Issue 13, item 2: version 3 is still being copied (settling) when version 2's folder is
+    removed. Version 2 serves on until 3 does: never nothing, never the older version 1."""
+    repo = tmp_path / "repo"
+    for version in (1, 2):
+        write_model(repo, "m", add_model(offset=float(version)), version=version)
+    daemon = daemon_factory(repo, "--settle-seconds", "3")
+    data = add_model(offset=3.0).SerializeToString()
+    seen: list[tuple[tuple[str, ...], float | None]] = []
+
+    def observe(client: tg.InferenceServerClient) -> bool:
+        versions = tuple(served_versions(client, "m"))
+        try:
+            value: float | None = offset_of(client, "m")
+        except InferenceServerException:
+            value = None
+        seen.append((versions, value))
+        return versions == ("3",)
+
+    with tg.InferenceServerClient(daemon.address) as client:
+        assert served_versions(client, "m") == ["2"]
+        folder = repo / "m" / "3"
+        folder.mkdir()
+        with (folder / "model.onnx").open("wb") as out:  # a copy in two steps: it settles later
+            out.write(data[: len(data) // 2])
+            out.flush()
+            time.sleep(0.3)
+            out.write(data[len(data) // 2 :])
+        shutil.rmtree(repo / "m" / "2")
+        wait_for(lambda: observe(client), "version 3", timeout=30)
+    assert {versions for versions, _ in seen} <= {("2",), ("3",)}, seen
+    assert {value for _, value in seen} <= {2.0, 3.0}, seen
+    assert seen[-1] == (("3",), 3.0)
+
+
+def test_a_version_folder_named_with_unicode_digits_does_not_stop_hot_reload(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    """Issue 13, item 8: '①' and '²' pass str.isdigit but are no version; hot reload goes on."""
+    repo = tmp_path / "repo"
+    write_model(repo, "m", add_model(offset=1.0), version=1)
+    daemon = daemon_factory(repo, *FAST)
+    with tg.InferenceServerClient(daemon.address) as client:
+        for name in ("①", "²"):
+            write_model(repo, "m", add_model(offset=9.0), version=name)  # type: ignore[arg-type]
+        publish(repo, "m", 2, offset=2.0)
+        wait_for(lambda: served_versions(client, "m") == ["2"], "version 2 after '①' and '²'")
+        write_model(repo, "other", add_model(offset=5.0), version=1)  # another model too
+        wait_for(lambda: client.is_model_ready("other"), "a new model after '①' and '²'")
+        rows = index(client)
+    assert sorted(rows) == [("m", "2"), ("other", "1")], rows
+    assert not [r for r in daemon.log_records() if r.get("level") == "error"]
+
+
+def test_a_changed_config_is_logged_as_a_config_change(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    """Issue 13, item 21: the log says the config changed, not only that versions reloaded."""
+    repo = tmp_path / "repo"
+    write_model(repo, "m", add_model(), version=1, config="max_batch_size: 8\n")
+    daemon = daemon_factory(repo, *FAST)
+    with tg.InferenceServerClient(daemon.address) as client:
+        (repo / "m" / "config.pbtxt").write_text("max_batch_size: 4\n")
+        wait_for(lambda: client.get_model_config("m", as_json=True)["config"]["max_batch_size"] == 4,
+                 "the new config")  # fmt: skip
+    changed = [r for r in daemon.log_records() if r.get("event") == "model config changed"]
+    assert len(changed) == 1, changed
+    assert changed[0]["model"] == "m"
+    assert str(changed[0]["config"]).endswith("config.pbtxt")

@@ -205,7 +205,8 @@ def test_a_model_that_breaks_the_loader_leaves_the_others_serving(
         index = _index(client)
     latin1 = next(r for (name, _), r in index.items() if name == "latin1")
     assert "config.pbtxt: not UTF-8 text (byte 5" in latin1["reason"]
-    negative = index[("negative", "1")]
+    # Refused as the config is parsed (no model needed): the model's row says why.
+    negative = next(r for (name, _), r in index.items() if name == "negative")
     assert negative["state"] == "UNAVAILABLE"
     assert "instance_group[0].count must be >= 1 (got -1)" in negative["reason"]
 

@@ -59,6 +59,68 @@ def test_an_unreadable_stream_message_ends_the_stream_with_invalid_argument(
     assert time.monotonic() - started < 10, "the stream hung instead of ending"
 
 
+def test_an_unreadable_stream_message_ends_the_stream_only_after_answering_the_earlier_ones(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    """20 requests still running when a bad message arrives: each is answered, then the stream
+    ends with INVALID_ARGUMENT naming the bad message; what came after it is not run."""
+    repo = tmp_path / "repo"
+    write_model(
+        repo,
+        "slow",
+        slow_model(size=768),
+        config="max_batch_size: 1\ndynamic_batching { }\n"
+        'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }\n',
+    )
+    daemon = daemon_factory(repo)
+    messages = [_request("slow", str(index)).SerializeToString() for index in range(20)]
+    messages += [b"\xff\xff\xff\xff", _request("slow", "after").SerializeToString()]
+    answers: list[pb.ModelStreamInferResponse] = []
+    with grpc.insecure_channel(daemon.address) as channel:
+        call = channel.stream_stream(
+            STREAM,
+            request_serializer=lambda raw: raw,
+            response_deserializer=pb.ModelStreamInferResponse.FromString,
+        )(iter(messages), timeout=60)
+        with pytest.raises(grpc.RpcError) as error:
+            answers.extend(call)
+    assert sorted(int(a.infer_response.id) for a in answers) == list(range(20))
+    assert [a.error_message for a in answers if a.error_message] == []
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "a stream message is not a ModelInferRequest: message 21 of the stream" in (
+        error.value.details() or ""
+    )
+
+
+def test_undecodable_request_bytes_are_invalid_argument_not_unknown(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    """Bytes that are not the RPC's message: INVALID_ARGUMENT naming the message type (gRPC's
+    own deserializer would end the call as UNKNOWN "Unexpected DecodeError")."""
+    repo = tmp_path / "repo"
+    write_model(repo, "add", add_model())
+    daemon = daemon_factory(repo)
+    with grpc.insecure_channel(daemon.address) as channel:
+        for method, expected in (
+            ("ModelInfer", "ModelInferRequest"),
+            ("ModelMetadata", "ModelMetadataRequest"),
+        ):
+            call = channel.unary_unary(
+                f"/inference.GRPCInferenceService/{method}",
+                request_serializer=lambda raw: raw,
+                response_deserializer=lambda raw: raw,
+            )
+            with pytest.raises(grpc.RpcError) as error:
+                call(b"\xff\xff\xff\xff", timeout=10)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value.details()
+            assert f"{method}: the request is not a {expected} message" in (
+                error.value.details() or ""
+            )
+        # and the daemon serves on
+        reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(_request("add"), timeout=10)
+        assert reply.model_name == "add"
+
+
 def test_a_stream_holds_at_most_its_window_unanswered(
     tmp_path: Path, daemon_factory: DaemonFactory
 ) -> None:

@@ -104,3 +104,30 @@ def test_good_variables_still_set_their_flags() -> None:
     assert settings.model_control_mode == "explicit"
     assert settings.enable_repository_control is False
     assert settings.grpc_port == 9100
+
+
+def test_version_prints_the_distribution_version() -> None:
+    from importlib.metadata import version
+
+    done = subprocess.run([sys.executable, "-m", "ortserve", "--version"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"ortserve {version('ortserve')}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "bound"),
+    [
+        ([], {}, 8002),
+        (["--grpc-port", "0"], {}, 0),  # follows a free gRPC port: two daemons never collide
+        ([], {"ORTSERVE_GRPC_PORT": "0"}, 0),
+        (["--grpc-port", "0", "--metrics-port", "9100"], {}, 9100),  # given: kept
+        (["--grpc-port", "0"], {"ORTSERVE_METRICS_PORT": "-1"}, -1),
+        (["--grpc-port", "9001"], {}, 8002),
+    ],
+)
+def test_metrics_port_follows_a_free_grpc_port_unless_given(
+    argv: list[str], env: dict[str, str], bound: int
+) -> None:
+    settings = _parse(argv, {"ORTSERVE_MODEL_REPOSITORY": "/models", **env})
+    assert settings.metrics_port_to_bind() == bound

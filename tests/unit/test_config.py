@@ -11,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from ortserve.batching.policy import policy_from_config
-from ortserve.errors import ConfigError
+from ortserve.errors import ConfigError, InvalidInput
 from ortserve.repository.config import (
     ParsedConfig,
     Signature,
@@ -20,7 +20,8 @@ from ortserve.repository.config import (
     parse_config_text,
     read_config,
 )
-from ortserve.repository.parameters import TEXT_KEYS
+from ortserve.repository.layout import check_model_name
+from ortserve.repository.parameters import TEXT_KEYS, Parameters
 from ortserve.repository.policy import served_versions
 from ortserve.runtime.options import session_options
 from ortserve.text import settings as settings_module
@@ -360,11 +361,11 @@ def test_text_keys_are_the_ones_text_settings_reads() -> None:
     [
         (
             {"intra_op_thread_count": "-3"},
-            "parameters 'intra_op_thread_count' must be an integer >= 0, got '-3'",
+            "parameters 'intra_op_thread_count' must be an integer from 0 to 1024, got '-3'",
         ),
         (
             {"inter_op_thread_count": "two"},
-            "parameters 'inter_op_thread_count' must be an integer >= 0, got 'two'",
+            "parameters 'inter_op_thread_count' must be an integer from 0 to 1024, got 'two'",
         ),
         (
             {"execution_mode": "9"},
@@ -376,7 +377,8 @@ def test_text_keys_are_the_ones_text_settings_reads() -> None:
         ),
         (
             {"session__dynamic_block_base": "four"},
-            "parameters 'session.dynamic_block_base' must be an integer >= 0, got 'four'",
+            "parameters 'session.dynamic_block_base' must be an integer from 0 to 2147483647, "
+            "got 'four'",
         ),
         (
             {"enable_mem_arena": "maybe"},
@@ -385,9 +387,9 @@ def test_text_keys_are_the_ones_text_settings_reads() -> None:
     ],
 )
 def test_bad_session_parameters_are_refused(values: dict[str, str], message: str) -> None:
-    config = parse_config_text(_params(**values), SRC).config
+    # Integers are refused as the config is parsed (check_supported), the rest when read.
     with pytest.raises(ConfigError) as info:
-        session_options(config, SRC)
+        session_options(parse_config_text(_params(**values), SRC).config, SRC)
     assert str(info.value) == f"{SRC}: {message}"
 
 
@@ -420,7 +422,7 @@ def test_graph_levels_mean_what_they_mean_in_triton(
     [
         (
             "max_batch_size: 4\n" + _params(max_batch_tokens="-5"),
-            "parameters 'max_batch_tokens' must be an integer >= 0, got '-5'",
+            "parameters 'max_batch_tokens' must be an integer from 0 to 2147483647, got '-5'",
         ),
         (
             "max_batch_size: 4\n" + _params(max_batch_tokens="512"),
@@ -443,9 +445,8 @@ def test_graph_levels_mean_what_they_mean_in_triton(
     ],
 )
 def test_batching_parameters_are_checked(text: str, message: str) -> None:
-    config = complete_config(parse_config_text(text, SRC), "m", DYNAMIC, 16)
-    with pytest.raises(ConfigError) as info:
-        policy_from_config(config, SRC)
+    with pytest.raises(ConfigError) as info:  # integers as the config is parsed, the rest later
+        policy_from_config(complete_config(parse_config_text(text, SRC), "m", DYNAMIC, 16), SRC)
     assert str(info.value).startswith(f"{SRC}: {message}")
 
 
@@ -453,3 +454,103 @@ def test_batching_parameters_with_dynamic_batching_are_taken() -> None:
     text = _params(max_batch_tokens="512", batch_grouping="arrival")
     policy = policy_from_config(complete_config(parse_config_text(text, SRC), "m", DYNAMIC, 8), SRC)
     assert (policy.max_batch_tokens, policy.group_by_length) == (512, False)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("max_batch_size: -5", "max_batch_size must be >= 0, got -5"),
+        ("instance_group [ { count: -1 } ]", "instance_group[0].count must be >= 1 (got -1)"),
+        (
+            "instance_group [ { count: 1 }, { count: 100000 } ]",
+            "instance_group[1].count must be at most 256 (got 100000)",
+        ),
+        (
+            "max_batch_size: 4\ndynamic_batching { preferred_batch_size: [ 2, -1 ] }",
+            "dynamic_batching.preferred_batch_size[1] must be >= 1, got -1",
+        ),
+        (
+            _params(intra_op_thread_count="99999999999999999999"),
+            "parameters 'intra_op_thread_count' must be an integer from 0 to 1024, "
+            "got '99999999999999999999'",
+        ),
+        (
+            _params(inter_op_thread_count="1025"),
+            "parameters 'inter_op_thread_count' must be an integer from 0 to 1024, got '1025'",
+        ),
+        (
+            _params(session__dynamic_block_base="2147483648"),
+            "parameters 'session.dynamic_block_base' must be an integer from 0 to 2147483647",
+        ),
+        (
+            _params(max_batch_tokens="1_000"),
+            "parameters 'max_batch_tokens' must be an integer from 0 to 2147483647, got '1_000'",
+        ),
+        (
+            _params(max_sequence_length="\u0663"),  # an Arabic-Indic 3: int() would take it
+            "parameters 'max_sequence_length' must be an integer from 1 to 2147483647",
+        ),
+        (
+            _params(stride="9" * 5000),  # past Python's int() digit limit
+            "parameters 'stride' must be an integer from 0 to 2147483647, got '99999",
+        ),
+    ],
+)
+def test_values_out_of_range_are_refused_as_the_config_is_parsed(text: str, message: str) -> None:
+    """No model needed: a config given over RepositoryModelLoad is refused before any load."""
+    with pytest.raises(ConfigError) as info:
+        parse_config_text(text, SRC)
+    assert str(info.value).startswith(f"{SRC}: {message}")
+    assert len(str(info.value)) < 300  # a long value is named, not echoed back whole
+
+
+#: Every integer parameter and its range, as the README states them.
+INTEGER_PARAMETERS = {
+    "intra_op_thread_count": (0, 1024),
+    "inter_op_thread_count": (0, 1024),
+    "session.dynamic_block_base": (0, 2**31 - 1),
+    "max_batch_tokens": (0, 2**31 - 1),
+    "max_sequence_length": (1, 2**31 - 1),
+    "stride": (0, 2**31 - 1),
+    "max_answer_length": (1, 2**31 - 1),
+}
+
+
+def test_the_integer_parameters_are_these() -> None:
+    from ortserve.repository.parameters import INTEGER_RANGES
+
+    assert INTEGER_PARAMETERS.items() <= INTEGER_RANGES.items()
+
+
+@pytest.mark.parametrize("key", sorted(INTEGER_PARAMETERS))
+def test_every_integer_parameter_is_bounded_when_read(key: str) -> None:
+    """The readers themselves refuse a value past the range (a config built without parsing
+    reaches them unchecked): onnxruntime never gets a number its C int cannot hold."""
+    config = mc.ModelConfig()
+    config.parameters[key].string_value = "99999999999999999999"
+    low, high = INTEGER_PARAMETERS[key]
+    with pytest.raises(ConfigError) as info:
+        Parameters(config, SRC).integer(key, 0)
+    assert str(info.value) == (
+        f"{SRC}: parameters '{key}' must be an integer from {low} to {high}, "
+        "got '99999999999999999999'"
+    )
+
+
+def test_session_thread_counts_past_a_c_int_name_the_key() -> None:
+    config = mc.ModelConfig()
+    config.parameters["intra_op_thread_count"].string_value = "99999999999999999999"
+    with pytest.raises(ConfigError, match="'intra_op_thread_count' must be an integer from 0 to"):
+        session_options(config, SRC)
+
+
+@pytest.mark.parametrize("name", ["okname\n", "ok\nname", "a" * 256, "", ".hidden", "a/b", "a..b"])
+def test_model_names_are_matched_whole(name: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        check_model_name(name)
+    assert len(str(info.value)) < 300
+
+
+def test_valid_model_names_pass() -> None:
+    for name in ("ok", "Ok_name-1.v2", "_x", "a" * 255):
+        check_model_name(name)

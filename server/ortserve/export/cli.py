@@ -255,11 +255,20 @@ def build_publish_parser() -> argparse.ArgumentParser:
 def build_inspect_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ortserve inspect",
-        description="Print an ONNX model's opset, inputs, outputs and dynamic axes, and the "
-        "manifest.json published beside it.",
+        description="Print an ONNX model's opset, inputs, outputs and dynamic axes, and a "
+        "summary of the manifest.json published beside it (--manifest: all of it).",
     )
     p.add_argument("path", type=Path, help="a .onnx file, or a folder holding model.onnx")
-    p.add_argument("--json", action="store_true", help="print one JSON document instead")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document instead: the graph and the whole manifest",
+    )
+    p.add_argument(
+        "--manifest",
+        action="store_true",
+        help="print the whole manifest.json (default: a summary of it)",
+    )
     return p
 
 
@@ -347,7 +356,7 @@ def _run(command: str, args: argparse.Namespace, argv: Sequence[str], reporter: 
         return run_publish(options, reporter)
     from ortserve.export.inspect import inspect
 
-    return inspect(args.path, args.json)
+    return inspect(args.path, args.json, args.manifest)
 
 
 class _UsageError(ExportError):

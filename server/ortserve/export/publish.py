@@ -38,7 +38,7 @@ from ortserve.text.settings import TASKS as TEXT_TASKS
 
 _CHUNK = 1 << 20
 _ATTEMPTS = 20
-_STAGING = re.compile(r"^\.staging-(?P<pid>\d+)-[0-9a-f]+$")
+_STAGING = re.compile(r"\.staging-(?P<pid>[0-9]+)-[0-9a-f]+")  # fullmatch: "$" allows a "\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +117,7 @@ def remove_stale_staging(folder: Path) -> tuple[str, ...]:
     except OSError:
         return ()
     for entry in entries:
-        match = _STAGING.match(entry.name)
+        match = _STAGING.fullmatch(entry.name)
         if not match or not entry.is_dir(follow_symlinks=False):
             continue
         pid = int(match["pid"])

@@ -19,7 +19,7 @@ from ortserve.export.options import MAX_SEQUENCE_LENGTH_CAP, TASKS
 from ortserve.text.settings import POOLING_KEYS
 
 #: A Hugging Face Hub id: ``name`` or ``owner/name``.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")  # fullmatch: "$" allows a "\n"
 
 #: Architecture suffixes (``config.json`` "architectures") and the task they mean.
 _ARCHITECTURE_TASKS = (
@@ -87,7 +87,7 @@ def resolve_source(model: str) -> ModelSource:
         folder = path.resolve()
     elif path.exists():
         raise ExportError(f"--model {model}: not a folder (give the folder holding config.json)")
-    elif _HUB_ID.match(model) and not model.startswith((".", "~")):
+    elif _HUB_ID.fullmatch(model) and not model.startswith((".", "~")):
         folder = _from_local_cache(model)
         hub_id = model
     else:

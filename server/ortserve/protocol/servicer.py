@@ -10,12 +10,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 
-from ortserve.errors import Disabled, InvalidInput, Unsupported
+from ortserve.errors import Disabled, InvalidInput, ModelNotReady, Unsupported, shown
 from ortserve.inference import InferenceService
 from ortserve.protocol import codec, metadata
-from ortserve.protocol.status import CONTROL_EXCEPTIONS, describe
+from ortserve.protocol.status import CONTROL_EXCEPTIONS, ShutdownHold, describe
 from ortserve.registry.registry import ModelRegistry
 from ortserve_client._proto import grpc_service_pb2 as pb
 from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
@@ -53,6 +52,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._control_hint = control_hint
         self._extensions = EXTENSIONS + (REPOSITORY_EXTENSIONS if control_hint is None else ())
         self.ready = False  # set by the app once the repository is loaded
+        self.hold = ShutdownHold()  # the app holds new calls with it just before the server stops
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: Context
@@ -83,19 +83,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
+        # The model first: a request to an unknown model or version is answered before any of
+        # its tensors is decoded. Large payloads then decode (and answers encode) off the loop.
+        self._inference.check_target(request.model_name, request.model_version)
         try:
-            decoded = codec.decode_infer_request(request)
+            decoded = await codec.decode_infer_request_async(request)
         except InvalidInput as exc:
             raise self._inference.undecodable(request.model_name, exc) from None
         decoded.timeout_s = context.time_remaining()
-        return codec.encode_infer_response(await self._inference.infer(decoded))
+        return await codec.encode_infer_response_async(await self._inference.infer(decoded))
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests run concurrently; answers come back as they complete, each carrying its
         request's id. A failed request answers with ``error_message`` ("[CODE] message") and the
-        stream goes on."""
+        stream goes on. The stream ends when the client closes its side (OK), at a message that
+        is not a ModelInferRequest (INVALID_ARGUMENT), or when the server is about to stop
+        (UNAVAILABLE: what has no answer did not run); each time only after every request read
+        before has been answered. Once a shutdown has begun, each request read is answered
+        UNAVAILABLE at once: a client should then stop writing and close its side."""
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
         # Unanswered requests per stream: beyond it the stream is not read (gRPC's flow control
@@ -116,17 +123,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 answer.infer_response.id = request.id
             answers.put_nowait(answer)
 
+        async def admit() -> None:
+            async for request in request_iterator:
+                self.hold.arrived()  # a stream still written to keeps the server from stopping
+                await window.acquire()
+                task = asyncio.ensure_future(one(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+
         async def read() -> None:
+            reading = asyncio.ensure_future(admit())
+            closed = asyncio.ensure_future(self.hold.streams_end())
             try:
-                async for request in request_iterator:
-                    await window.acquire()
-                    task = asyncio.ensure_future(one(request))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                await asyncio.gather(*list(running))
-            except DecodeError as exc:  # the rest of the stream cannot be read either
-                raise InvalidInput(f"a stream message is not a ModelInferRequest: {exc}") from None
+                await asyncio.wait([reading, closed], return_when=asyncio.FIRST_COMPLETED)
+                reading.cancel()  # the server is about to stop: read no more (no-op if ended)
+                await asyncio.wait([reading])
+                if running:  # whatever ended the reading, what was read is answered first
+                    await asyncio.wait(list(running))
+                if reading.cancelled():
+                    raise ModelNotReady(
+                        "the server is shutting down: the requests of this stream that have no "
+                        "answer did not run; send them to another replica"
+                    )
+                reading.result()  # a message that could not be read: the stream ends with why
             finally:
+                reading.cancel()
+                closed.cancel()
                 answers.put_nowait(None)  # the writer stops; awaiting the reader says why
 
         reader = asyncio.ensure_future(read())
@@ -163,12 +185,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         config: str | None = None
         files: dict[str, bytes] = {}
         for key, param in request.parameters.items():
-            if key == "config":
+            given = param.WhichOneof("parameter_choice")
+            if key == "config" and given == "string_param":
                 config = param.string_param
-            elif key.startswith("file:"):
+            elif key.startswith("file:") and given == "bytes_param":
                 files[key.removeprefix("file:")] = param.bytes_param
+            elif key == "config" or key.startswith("file:"):
+                wanted = "string_param (JSON)" if key == "config" else "bytes_param"
+                raise InvalidInput(
+                    f"RepositoryModelLoad: parameter {shown(key)} must be a {wanted}, got "
+                    f"{given or 'no value'}"
+                )
             else:
-                raise InvalidInput(f"RepositoryModelLoad: unknown parameter '{key}'")
+                raise InvalidInput(f"RepositoryModelLoad: unknown parameter {shown(key)}")
         await self._registry.load(request.model_name, config, files)
         return pb.RepositoryModelLoadResponse()
 

@@ -22,18 +22,19 @@ from pathlib import Path, PurePosixPath
 import structlog
 from google.protobuf import json_format
 
-from ortserve.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady
+from ortserve.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, shown
 from ortserve.observability.metrics import Metrics
 from ortserve.registry.versions import ServedVersion, load_version
-from ortserve.repository.config import ParsedConfig, read_config
+from ortserve.repository.config import ParsedConfig, check_supported, read_config
 from ortserve.repository.layout import (
     DEFAULT_MODEL_FILENAME,
+    MAX_VERSION,
     check_model_name,
     model_dirs,
-    version_dirs,
+    parse_version,
 )
 from ortserve.repository.policy import served_versions
-from ortserve.repository.watcher import SettleTracker, folder_fingerprint
+from ortserve.repository.watcher import SettleTracker, VersionLook, look_at_versions
 from ortserve_client._proto import model_config_pb2 as mc
 
 log = structlog.get_logger("ortserve.registry")
@@ -72,6 +73,7 @@ class ModelEntry:
     override: ParsedConfig | None = None  # a config given by RepositoryModelLoad
     files_dir: Path | None = None  # a temporary model folder built from RepositoryModelLoad files
     unloaded: bool = False
+    config_fp: str = ""  # the config last synced: a change of it is logged as one
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -98,8 +100,11 @@ class ModelRegistry:
         default_max_batch_size: int,
         metrics: Metrics | None = None,
         tracker: SettleTracker | None = None,
+        allow_links_outside: bool = False,
     ) -> None:
         self._root = root
+        # Where symbolic links may lead (None: anywhere; --allow-symlinks-outside-repository).
+        self._inside: Path | None = None if allow_links_outside else root.resolve()
         self._default_max_batch_size = default_max_batch_size
         self._metrics = metrics
         self._tracker = tracker
@@ -108,6 +113,7 @@ class ModelRegistry:
         self._drains: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[None]] = set()  # loads that outlive their caller
         self.started = False  # set once the initial loading is done
+        self._closing = False  # set by close(): no load starts after it
 
     def on_state_change(self, listener: StateListener) -> None:
         self._listeners.append(listener)
@@ -144,34 +150,44 @@ class ModelRegistry:
     async def _sync_locked(self, entry: ModelEntry, settle: bool) -> float | None:
         try:
             check_model_name(entry.name)
-            parsed = entry.override or read_config(entry.path)
+            parsed = entry.override or read_config(entry.path, self._confine(entry))
         except (InvalidInput, ModelLoadError) as exc:
             self._set_reason(entry, str(exc))
             return None
         config_fp = _config_fingerprint(parsed)
+        if entry.config_fp and config_fp != entry.config_fp:
+            log.info("model config changed", model=entry.name, config=parsed.source)
+        entry.config_fp = config_fp
         wait: float | None = None
         available: dict[int, str] = {}
         filename = parsed.config.default_model_filename or DEFAULT_MODEL_FILENAME
-        folders = version_dirs(entry.path)
-        for gone in set(entry.failed) - set(folders):  # its folder was removed: so is its failure
+        # Listing and fingerprinting may take long (many files, a slow disk): off the event loop.
+        looks = await asyncio.to_thread(look_at_versions, entry.path, filename)
+        for gone in set(entry.failed) - set(looks):  # its folder was removed: so is its failure
             del entry.failed[gone]
-        for version, folder in folders.items():
-            fingerprint = config_fp + folder_fingerprint(folder)
+        for version, look in looks.items():
+            fingerprint = config_fp + look.fingerprint
             served = entry.versions.get(version)
+            if look.problem:
+                entry.failed[version] = _Failure(look.problem, look.problem)
+                if served is not None:
+                    available[version] = served.fingerprint  # keeps serving its previous files
+                continue
             if served is None or served.fingerprint != fingerprint:
-                delay = self._settle(entry.name, version, folder, fingerprint, settle)
-                has_model = (folder / filename).is_file()
+                delay = self._settle(entry.name, version, look, fingerprint, settle)
                 if delay > 0:
                     wait = delay if wait is None else min(wait, delay)
-                elif not has_model:
+                elif not look.has_model:
                     # Settled without its model file: nothing to wait for (the file's arrival
                     # is a change of its own), only a reason to show.
-                    entry.failed[version] = _Failure(f"{folder}: no {filename} in it", fingerprint)
-                if delay > 0 or not has_model:
+                    reason = f"{look.folder}: no {filename} in it"
+                    entry.failed[version] = _Failure(reason, fingerprint)
+                if delay > 0 or not look.has_model:
                     if served is None:
                         continue  # not complete yet: neither served nor loaded
                     fingerprint = served.fingerprint  # keep the served one until it settles
             available[version] = fingerprint
+        self._keep_superseded(entry, parsed, set(looks), available)
         folders_kept = set(entry.versions) <= set(available)  # a removed folder still drains
         if (
             available
@@ -179,7 +195,7 @@ class ModelRegistry:
             and not served_versions(parsed.config.version_policy, available)
         ):
             # A policy that picks nothing is a config mistake: what serves keeps serving.
-            on_disk = ", ".join(str(v) for v in sorted(available))
+            on_disk = ", ".join(str(v) for v in sorted(set(available) & set(looks)))
             self._set_reason(
                 entry,
                 f"{parsed.source}: version_policy selects none of the versions on disk "
@@ -196,11 +212,32 @@ class ModelRegistry:
         return wait
 
     def _settle(
-        self, name: str, version: int, folder: Path, fingerprint: str, settle: bool
+        self, name: str, version: int, look: VersionLook, fingerprint: str, settle: bool
     ) -> float:
         if not settle or self._tracker is None:
             return 0.0
-        return self._tracker.check(name, version, folder, fingerprint)
+        return self._tracker.check(name, version, fingerprint, look.ready)
+
+    def _keep_superseded(
+        self, entry: ModelEntry, parsed: ParsedConfig, on_disk: set[int], available: dict[int, str]
+    ) -> None:
+        """A served version whose folder was removed keeps serving while the version that takes
+        its place does not serve yet (still settling, or failing to load): `mv .st-N N;
+        rm -rf N-1` never empties the served set, nor falls back to an older folder. Its sessions
+        are in memory, so its files are not needed. A version the policy would still pick with
+        its folder back (a plain removal, not a replacement) drains as before."""
+        removed = {v: s for v, s in entry.versions.items() if v not in on_disk}
+        if not removed:
+            return
+        picked = set(served_versions(parsed.config.version_policy, on_disk | set(removed)))
+        for version, served in removed.items():
+            if version not in picked:
+                available[version] = served.fingerprint
+                log.info(
+                    "version folder removed; it serves until the version replacing it does",
+                    model=entry.name,
+                    version=version,
+                )
 
     async def _choose(
         self, entry: ModelEntry, parsed: ParsedConfig, available: dict[int, str]
@@ -231,6 +268,9 @@ class ModelRegistry:
     ) -> ServedVersion | None:
         current = entry.versions.get(version)
         if current is not None and current.fingerprint == fingerprint:
+            # The files on disk are the ones served (a bad change was reverted): a failure
+            # kept from other files no longer describes them.
+            entry.failed.pop(version, None)
             return current
         entry.loading.add(version)
         try:
@@ -243,6 +283,7 @@ class ModelRegistry:
                 self._default_max_batch_size,
                 fingerprint,
                 self._metrics,
+                self._confine(entry),
             )
         except Exception as exc:  # whatever went wrong, it stays with this version
             reason = (
@@ -335,14 +376,29 @@ class ModelRegistry:
         check_model_name(name)
         if files and config_json is None:
             raise InvalidInput(f"model '{name}': file: parameters need a config parameter too")
-        if not files and not (self._root / name).is_dir():
+        # All that the request gives is checked before anything changes: a refused load leaves
+        # no trace (no index entry, no files on disk, the serving config untouched).
+        override = None if config_json is None else _parse_json_config(config_json, name)
+        if files:
+            _check_file_keys(name, files)
+        elif not (self._root / name).is_dir():
             raise ModelNotFound(f"no model folder '{name}' in the repository")
+        self._check_open(name)
         # The load goes on if the caller gives up (its deadline passes): a version loaded in a
         # worker thread is then still swapped in, not dropped half-made.
-        task = asyncio.ensure_future(self._load(name, config_json, files))
+        task = asyncio.ensure_future(self._load(name, override, files))
         self._background.add(task)
         task.add_done_callback(self._load_done)
         await asyncio.shield(task)
+
+    def _confine(self, entry: ModelEntry) -> Path | None:
+        """The folder a model's files must stay in, links followed; None for files given over
+        the API (written by the daemon itself, no links among them)."""
+        return None if entry.files_dir is not None else self._inside
+
+    def _check_open(self, name: str) -> None:
+        if self._closing:
+            raise ModelNotReady(f"the server is stopping: model '{name}' is not loaded")
 
     def _load_done(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)
@@ -350,17 +406,24 @@ class ModelRegistry:
             task.exception()  # a caller that left has no use for it; the index keeps the reason
 
     async def _load(
-        self, name: str, config_json: str | None, files: Mapping[str, bytes] | None
+        self, name: str, override: ParsedConfig | None, files: Mapping[str, bytes] | None
     ) -> None:
         entry = self._models.setdefault(name, ModelEntry(name, self._root / name))
         async with entry.lock:
+            # Under the lock: close() waits for a write in progress, then removes its folder.
+            self._check_open(name)
+            try:
+                folder = await asyncio.to_thread(_write_files, name, files) if files else None
+            except ModelLoadError as exc:  # the disk refused them: no phantom without a reason
+                if not entry.versions:
+                    entry.reason = str(exc)
+                raise
             entry.unloaded = False
-            entry.override = None if config_json is None else _parse_json_config(config_json, name)
-            if entry.files_dir is not None:
+            entry.override = override
+            if entry.files_dir is not None:  # the files of the previous load over the API
                 shutil.rmtree(entry.files_dir, ignore_errors=True)
-                entry.files_dir, entry.path = None, self._root / name
-            if files:
-                entry.files_dir = entry.path = _write_files(name, files)
+            entry.files_dir = folder
+            entry.path = folder or self._root / name
         await self.sync(name, settle=False)
         entry = self._models.get(name, entry)
         if not entry.versions:
@@ -386,13 +449,17 @@ class ModelRegistry:
             )
         if not version:
             return entry.newest()
-        if not (version.isascii() and version.isdigit()):
-            raise ModelNotFound(f"model '{name}' has no version '{version}' (versions are numbers)")
-        served = entry.versions.get(int(version))
+        number = parse_version(version)
+        if number is None:  # never int() a caller's string as it is: Python limits its digits
+            raise ModelNotFound(
+                f"model '{name}' has no version {shown(version)} (versions are numbers of at "
+                f"most {MAX_VERSION})"
+            )
+        served = entry.versions.get(number)
         if served is None:
             serving = ", ".join(str(v) for v in sorted(entry.versions, reverse=True))
             raise ModelNotFound(
-                f"model '{name}' version {version} is not served (serving: {serving})"
+                f"model '{name}' version {number} is not served (serving: {serving})"
             )
         return served
 
@@ -459,9 +526,11 @@ class ModelRegistry:
         return "; ".join([entry.reason] + [f.reason for f in entry.failed.values()]).strip("; ")
 
     async def close(self) -> None:
+        self._closing = True  # a load over the API that has not taken its model's lock stops
         for entry in list(self._models.values()):
             async with entry.lock:
-                await self._unload(entry, "the server is stopping")
+                entry.unloaded = True  # a load that still runs its sync finds nothing to do
+                await self._unload(entry, "the server is stopping")  # and its temporary files
 
 
 def _unexpected(exc: Exception, entry: ModelEntry, version: int) -> str:
@@ -509,32 +578,74 @@ def _config_fingerprint(parsed: ParsedConfig) -> str:
 
 
 def _parse_json_config(text: str, name: str) -> ParsedConfig:
+    """A config given over the API, checked as far as it can be without the model (fields
+    ortserve does not implement, values out of range), so that a bad one is refused at once."""
     config = mc.ModelConfig()
     source = f"RepositoryModelLoad config for '{name}'"
     try:
         json_format.Parse(text, config)
     except json_format.ParseError as exc:
-        raise InvalidInput(f"{source}: {exc}") from None
+        raise InvalidInput(f"{source}: {_cut(str(exc))}") from None
+    check_supported(config, source)
     given = '"max_batch_size"' in text or '"maxBatchSize"' in text
     return ParsedConfig(config, source, given)
 
 
-def _write_files(name: str, files: Mapping[str, bytes]) -> Path:
-    """A temporary model folder holding files given over the API as ``<version>/<path>``."""
-    folder = Path(tempfile.mkdtemp(prefix=f"ortserve-{name}-"))
-    for key, data in files.items():
+def _cut(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+#: A path given as a ``file:`` key: its length in bytes and that of each of its names (the
+#: limits of common file systems, PATH_MAX being larger still).
+_MAX_FILE_KEY_BYTES = 1024
+_MAX_FILE_NAME_BYTES = 255
+
+
+def _check_file_keys(name: str, files: Mapping[str, bytes]) -> None:
+    """Refuse, naming the key, every ``file:`` key that is not a plain ``<version>/<path>``, or
+    that names a file where another key needs a folder."""
+    folders: dict[tuple[str, ...], str] = {}
+    for key in files:
         rel = PurePosixPath(key)
-        if (
-            rel.is_absolute()
-            or ".." in rel.parts
-            or len(rel.parts) < 2
-            or not rel.parts[0].isdigit()
-        ):
-            shutil.rmtree(folder, ignore_errors=True)
+        problem = ""
+        if "\0" in key:
+            problem = "has a NUL character"
+        elif len(key.encode()) > _MAX_FILE_KEY_BYTES:
+            problem = f"is longer than {_MAX_FILE_KEY_BYTES} bytes"
+        elif str(rel) != key or rel.is_absolute() or ".." in rel.parts or len(rel.parts) < 2:
+            problem = "must be 'file:<version>/<name>' (a relative path, no '..', '.' or '//')"
+        elif parse_version(rel.parts[0]) is None:
+            problem = f"does not start with a version number (at most {MAX_VERSION})"
+        elif any(len(part.encode()) > _MAX_FILE_NAME_BYTES for part in rel.parts):
+            problem = f"has a name longer than {_MAX_FILE_NAME_BYTES} bytes"
+        if problem:
+            raise InvalidInput(f"model '{name}': file parameter {shown('file:' + key)} {problem}")
+        for depth in range(1, len(rel.parts)):
+            folders.setdefault(rel.parts[:depth], key)
+    for key in files:
+        other = folders.get(PurePosixPath(key).parts)
+        if other is not None:
             raise InvalidInput(
-                f"model '{name}': file parameter 'file:{key}' must be 'file:<version>/<name>'"
+                f"model '{name}': file parameter {shown('file:' + key)} is a file, but "
+                f"{shown('file:' + other)} needs it to be a folder"
             )
-        target = folder.joinpath(*rel.parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+
+
+def _write_files(name: str, files: Mapping[str, bytes]) -> Path:
+    """A temporary model folder holding files given over the API as ``<version>/<path>``
+    (keys checked by ``_check_file_keys``). Blocking: run it in a worker thread."""
+    folder = Path(tempfile.mkdtemp(prefix=f"ortserve-{name[:64]}-"))
+    try:
+        for key, data in files.items():
+            target = folder.joinpath(*PurePosixPath(key).parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+    except BaseException as exc:  # whatever stopped it, the bytes written so far go too
+        shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise ModelLoadError(
+                f"model '{name}': the files given could not be written to {folder}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        raise
     return folder

@@ -20,7 +20,7 @@ from ortserve.execution import VersionExecutor
 from ortserve.observability.metrics import Metrics
 from ortserve.registry.warmup import run_warmup
 from ortserve.repository.config import ParsedConfig, complete_config
-from ortserve.repository.layout import DEFAULT_MODEL_FILENAME
+from ortserve.repository.layout import DEFAULT_MODEL_FILENAME, check_links_inside
 from ortserve.repository.parameters import Parameters
 from ortserve.runtime.session import ModelSessions
 from ortserve.text.files import has_tokenizer, read_files
@@ -83,10 +83,14 @@ def load_version(
     default_max_batch_size: int,
     fingerprint: str,
     metrics: Metrics | None,
+    confine: Path | None = None,
 ) -> ServedVersion:
-    """Build, check and warm up one version (blocking: call it from a worker thread)."""
+    """Build, check and warm up one version (blocking: call it from a worker thread). With
+    ``confine`` (a resolved folder), a version whose files link outside it is refused unread."""
     filename = parsed.config.default_model_filename or DEFAULT_MODEL_FILENAME
     version_dir = model_dir / str(version)
+    if confine is not None:
+        check_links_inside(version_dir, confine)
     sessions = ModelSessions(version_dir / filename, parsed.config, parsed.source)
     try:
         config = complete_config(parsed, model_name, sessions.signature, default_max_batch_size)

@@ -3,12 +3,22 @@
 Runs the config's ``model_warmup`` entries (Triton's: zero, random or file data), or, when there
 are none, one row of zeros (empty strings for BYTES) through every session instance. Outputs must
 come back with the config's names, datatypes and batch rows; otherwise the version is refused.
+
+A config may come from the network (a ``RepositoryModelLoad`` ``config``), so a warm-up is
+planned and bounded before anything is allocated or opened: every sample is checked against
+``WARMUP_SAMPLE_LIMIT_BYTES`` and the runs against ``WARMUP_RUN_LIMIT``, and ``input_data_file``
+is read only from the version's own ``warmup/`` folder, only as a regular file of exactly the
+size the declared shape needs.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import math
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -21,16 +31,47 @@ from ortserve_client.tensors import DATATYPE_TO_DTYPE, datatype_of
 
 Array = npt.NDArray[Any]
 
+#: The most one warm-up sample may hold, all its input tensors together (64 MiB): the implicit
+#: row of zeros as much as an explicit ``model_warmup`` entry. Checked before allocating.
+WARMUP_SAMPLE_LIMIT_BYTES: Final = 64 * 2**20
+#: The most warm-up runs a version may ask for: ``count`` summed over its ``model_warmup``
+#: entries (each at least 1). A load is blocking work no signal interrupts, so it is bounded.
+WARMUP_RUN_LIMIT: Final = 1000
+#: The folder, inside the version folder, that ``input_data_file`` names a file in.
+WARMUP_FOLDER: Final = "warmup"
+
+_SHOWN_NAME_CHARS = 100  # a file name from the network is echoed at most this long
+
+
+@dataclass(frozen=True, slots=True)
+class _Input:
+    name: str
+    datatype: str
+    shape: list[int]
+    kind: str  # "zero_data", "random_data" or "input_data_file"
+    data_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    where: str  # for messages: the config source and the entry (or the implicit warm-up)
+    inputs: list[_Input]
+    rows: int
+    count: int
+
 
 def run_warmup(
     config: mc.ModelConfig, sessions: ModelSessions, version_dir: Path, source: str
 ) -> None:
-    samples = [_sample(config, warm, version_dir, source) for warm in config.model_warmup]
+    # Every sample is checked before the first is built: a bad last entry costs no runs.
+    samples = [_plan(config, warm, index, source) for index, warm in enumerate(config.model_warmup)]
     if not samples:
-        samples = [(_zeros(config), 1, 1)]
+        samples = [_implicit(config, version_dir)]
+    _check_runs(samples, source)
     outputs = [out.name for out in config.output]
-    for feeds, rows, count in samples:
-        for _ in range(max(count, 1)):
+    for sample in samples:
+        feeds = _feeds(sample, version_dir)  # one sample's tensors held at a time
+        for _ in range(sample.count):
             try:
                 results = sessions.run_everywhere(feeds, outputs)
             except OrtserveError as exc:
@@ -38,43 +79,91 @@ def run_warmup(
             except Exception as exc:  # ORT's own errors: the version is unusable
                 raise ModelLoadError(f"{version_dir}: warmup failed: {exc}") from None
             for arrays in results:
-                _check(config, arrays, rows if config.max_batch_size > 0 else None, version_dir)
+                _check(
+                    config, arrays, sample.rows if config.max_batch_size > 0 else None, version_dir
+                )
+        del feeds
 
 
-def _zeros(config: mc.ModelConfig) -> dict[str, Array]:
+def _implicit(config: mc.ModelConfig, version_dir: Path) -> _Sample:
+    """One row of zeros in every required input, in the shape the session takes."""
     batch = [1] if config.max_batch_size > 0 else []
-    feeds: dict[str, Array] = {}
+    inputs: list[_Input] = []
     for entry in config.input:
         if entry.optional:
             continue
         # The session takes the reshaped form (the request path reshapes before it runs).
         dims = entry.reshape.shape if entry.HasField("reshape") else entry.dims
         shape = batch + [1 if dim < 0 else int(dim) for dim in dims]
-        feeds[entry.name] = _fill(CONFIG_TO_WIRE[entry.data_type], shape, random=False)
-    return feeds
+        inputs.append(_Input(entry.name, CONFIG_TO_WIRE[entry.data_type], shape, "zero_data"))
+    sample = _Sample(f"{version_dir}: the warm-up (one row of zeros)", inputs, 1, 1)
+    _check_size(sample, "; no request to this model can be smaller, so it is not served")
+    return sample
 
 
-def _sample(
-    config: mc.ModelConfig, warm: mc.ModelWarmup, version_dir: Path, source: str
-) -> tuple[dict[str, Array], int, int]:
+def _plan(config: mc.ModelConfig, warm: mc.ModelWarmup, index: int, source: str) -> _Sample:
+    where = f"{source}: model_warmup[{index}] '{warm.name}'"
     rows = max(int(warm.batch_size), 1)
     batch = [rows] if config.max_batch_size > 0 else []
-    feeds: dict[str, Array] = {}
+    inputs: list[_Input] = []
     for name, spec in warm.inputs.items():
         datatype = CONFIG_TO_WIRE.get(spec.data_type)
         if datatype is None:
+            raise ModelLoadError(f"{where} input '{name}': no data_type")
+        if any(dim < 0 for dim in spec.dims):
             raise ModelLoadError(
-                f"{source}: model_warmup '{warm.name}' input '{name}': no data_type"
+                f"{where} input '{name}': dims {list(spec.dims)} must all be >= 0 "
+                "(a warm-up sample has a concrete shape)"
+            )
+        kind = spec.WhichOneof("input_data_type") or "zero_data"
+        if kind == "input_data_file" and datatype == "BYTES":
+            raise ModelLoadError(
+                f"{where} input '{name}': input_data_file is not read for BYTES inputs; use "
+                "zero_data (empty strings) or random_data"
             )
         shape = batch + [int(dim) for dim in spec.dims]
-        kind = spec.WhichOneof("input_data_type")
-        if kind == "input_data_file":
-            feeds[name] = _from_file(
-                version_dir / "warmup" / spec.input_data_file, datatype, shape, source
+        inputs.append(_Input(name, datatype, shape, kind, spec.input_data_file))
+    sample = _Sample(where, inputs, rows, max(int(warm.count), 1))
+    _check_size(sample, "")
+    return sample
+
+
+def _nbytes(item: _Input) -> int:
+    # Python ints: a shape of huge dims must not overflow into a small, allowed size.
+    return math.prod(item.shape) * DATATYPE_TO_DTYPE[item.datatype].itemsize
+
+
+def _check_size(sample: _Sample, consequence: str) -> None:
+    total = 0
+    for item in sample.inputs:
+        size = _nbytes(item)
+        total += size
+        if total > WARMUP_SAMPLE_LIMIT_BYTES:
+            held = f" (with the inputs before it, {total} bytes)" if total != size else ""
+            raise ModelLoadError(
+                f"{sample.where} input '{item.name}' of shape {item.shape} {item.datatype} needs "
+                f"{size} bytes{held}, more than the warm-up limit of {WARMUP_SAMPLE_LIMIT_BYTES} "
+                f"bytes ({WARMUP_SAMPLE_LIMIT_BYTES // 2**20} MiB) per sample{consequence}"
             )
+
+
+def _check_runs(samples: list[_Sample], source: str) -> None:
+    runs = sum(sample.count for sample in samples)
+    if runs > WARMUP_RUN_LIMIT:
+        raise ModelLoadError(
+            f"{source}: model_warmup asks for {runs} runs (count summed over the entries), more "
+            f"than the warm-up limit of {WARMUP_RUN_LIMIT}"
+        )
+
+
+def _feeds(sample: _Sample, version_dir: Path) -> dict[str, Array]:
+    feeds: dict[str, Array] = {}
+    for item in sample.inputs:
+        if item.kind == "input_data_file":
+            feeds[item.name] = _from_file(version_dir, item, sample.where)
         else:
-            feeds[name] = _fill(datatype, shape, random=kind == "random_data")
-    return feeds, rows, int(warm.count)
+            feeds[item.name] = _fill(item.datatype, item.shape, random=item.kind == "random_data")
+    return feeds
 
 
 def _fill(datatype: str, shape: list[int], random: bool) -> Array:
@@ -85,25 +174,103 @@ def _fill(datatype: str, shape: list[int], random: bool) -> Array:
         return out
     if not random:
         return np.zeros(shape, dtype=dtype)
+    # Drawn in (at most) 4-byte elements, not numpy's default 8: a temporary at most 4x the
+    # sample, whatever its datatype.
     rng = np.random.default_rng(0)
     if dtype.kind == "f" or datatype == "BF16":
-        return rng.random(shape).astype(dtype)
-    return rng.integers(0, 2, size=shape).astype(dtype)
+        drawn = np.float64 if dtype == np.float64 else np.float32
+        return rng.random(shape, dtype=drawn).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, size=shape, dtype=np.uint8).astype(dtype)
+    return rng.integers(0, 2, size=shape, dtype=dtype)
 
 
-def _from_file(path: Path, datatype: str, shape: list[int], source: str) -> Array:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ModelLoadError(f"{source}: model_warmup input_data_file {path}: {exc}") from None
-    dtype = DATATYPE_TO_DTYPE[datatype]
-    count = int(np.prod(shape)) if shape else 1
-    if datatype == "BYTES" or len(raw) != count * dtype.itemsize:
+def _from_file(version_dir: Path, item: _Input, where: str) -> Array:
+    dtype = DATATYPE_TO_DTYPE[item.datatype]
+    need = math.prod(item.shape) * dtype.itemsize
+    raw = _read_warmup_file(version_dir, item.data_file, need, f"{where} input '{item.name}'")
+    return np.frombuffer(raw, dtype=dtype).reshape(item.shape)
+
+
+def _read_warmup_file(version_dir: Path, name: str, need: int, where: str) -> bytes:
+    """The ``need`` bytes of ``<version_dir>/warmup/<name>``, refused unless it is a regular file
+    inside that folder (after links) holding exactly ``need`` bytes.
+
+    Nothing outside the folder is opened or even stat'ed, so a refusal tells nothing about it;
+    a FIFO or device is refused from its stat, before an open that could block or never end.
+    """
+    shown = repr(name if len(name) <= _SHOWN_NAME_CHARS else name[:_SHOWN_NAME_CHARS] + "...")
+    what = f"{where}: input_data_file {shown}"
+    rel = PurePosixPath(name)
+    if not name or "\0" in name or rel.is_absolute() or ".." in rel.parts:
         raise ModelLoadError(
-            f"{source}: model_warmup input_data_file {path} holds {len(raw)} bytes, not "
-            f"{count * dtype.itemsize} for {datatype} {shape}"
+            f"{what} must be a file name relative to the version's {WARMUP_FOLDER}/ folder, "
+            "without '..' (warm-up files are read from there only)"
         )
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    try:
+        folder = version_dir.resolve(strict=True) / WARMUP_FOLDER
+        real = folder.joinpath(*rel.parts).resolve()  # reads links, opens nothing
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a link loop (Python 3.11)
+        raise ModelLoadError(f"{what}: cannot resolve it: {exc}") from None
+    if real == folder or not real.is_relative_to(folder):
+        raise ModelLoadError(
+            f"{what} leads outside the version's {WARMUP_FOLDER}/ folder (through a link); "
+            "warm-up files are read from there only"
+        )
+    try:
+        info = os.stat(real)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"{what}: not readable in the version's {WARMUP_FOLDER}/ folder: {exc.strerror}"
+        ) from None
+    _check_regular(info, what)
+    if info.st_size != need:
+        raise ModelLoadError(f"{what} holds {info.st_size} bytes, not the {need} its shape needs")
+    return _read_exactly(real, need, what)
+
+
+def _check_regular(info: os.stat_result, what: str) -> None:
+    if stat.S_ISREG(info.st_mode):
+        return
+    kinds = [
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    kind = next((label for test, label in kinds if test(info.st_mode)), "not a file")
+    raise ModelLoadError(f"{what} is {kind}; only a regular file is read")
+
+
+def _read_exactly(path: Path, need: int, what: str) -> bytes:
+    """Read at most ``need + 1`` bytes: a file that grew since its stat is refused, not slurped.
+
+    O_NONBLOCK and O_NOFOLLOW: if the path was swapped for a FIFO or a link after the stat, the
+    open neither waits for a writer nor follows it, and the fstat below refuses it.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise ModelLoadError(f"{what}: cannot open it: {exc.strerror}") from None
+    try:
+        _check_regular(os.fstat(fd), what)
+        chunks: list[bytes] = []
+        held = 0
+        while held <= need:
+            chunk = os.read(fd, need + 1 - held)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            held += len(chunk)
+    except OSError as exc:
+        raise ModelLoadError(f"{what}: cannot read it: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if held != need:
+        raise ModelLoadError(f"{what} changed while read: not the {need} bytes its shape needs")
+    return b"".join(chunks)
 
 
 def _check(config: mc.ModelConfig, arrays: list[Array], rows: int | None, where: Path) -> None:

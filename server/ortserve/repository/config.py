@@ -22,7 +22,7 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from ortserve.datatypes import config_type_name
 from ortserve.errors import ConfigError
-from ortserve.repository.layout import CONFIG_FILENAME
+from ortserve.repository.layout import CONFIG_FILENAME, check_inside
 from ortserve.repository.parameters import SESSION_PREFIX, Parameters
 from ortserve_client._proto import model_config_pb2 as mc
 
@@ -36,6 +36,9 @@ _MAX_BATCH_SIZE_GIVEN = re.compile(r"^\s*max_batch_size\s*:", re.MULTILINE)
 _Tensor = TypeVar("_Tensor", mc.ModelInput, mc.ModelOutput)
 _LINE_COL = re.compile(r"^(\d+):(\d+) : (.*)$", re.DOTALL)
 _UNSUPPORTED = "is not supported by ortserve"
+#: The largest ``instance_group`` count: each instance is a session holding the model's weights,
+#: so a mistyped count would exhaust memory before it failed.
+MAX_INSTANCES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +63,12 @@ class ParsedConfig:
     max_batch_size_given: bool
 
 
-def read_config(model_dir: Path) -> ParsedConfig:
-    """Parse ``<model_dir>/config.pbtxt`` if present; errors name the file and line."""
+def read_config(model_dir: Path, confine: Path | None = None) -> ParsedConfig:
+    """Parse ``<model_dir>/config.pbtxt`` if present; errors name the file and line. With
+    ``confine`` (a resolved folder), a file that links outside it is refused unread."""
     path = model_dir / CONFIG_FILENAME
+    if confine is not None:
+        check_inside(path, confine)
     if not path.exists():
         return ParsedConfig(mc.ModelConfig(), f"{model_dir} (no {CONFIG_FILENAME})", False)
     try:
@@ -113,18 +119,14 @@ def complete_config(
         scheduled = config.HasField("dynamic_batching") or config.HasField("sequence_batching")
         if config.max_batch_size > 1 and not scheduled:
             config.dynamic_batching.SetInParent()  # as Triton's auto-complete does
-    if config.max_batch_size < 0:
-        raise ConfigError(f"{src}: max_batch_size must be >= 0, got {config.max_batch_size}")
     batched = config.max_batch_size > 0
     _complete_tensors(config.input, signature.inputs, batched, src, "input")
     _complete_tensors(config.output, signature.outputs, batched, src, "output")
     if not config.instance_group:
         config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_AUTO)
-    for index, group in enumerate(config.instance_group):
-        if group.count == 0:
+    for group in config.instance_group:
+        if group.count == 0:  # Triton's default (check_supported refused the other values)
             group.count = 1
-        if group.count < 0:
-            raise ConfigError(f"{src}: instance_group[{index}].count must be >= 1")
     if not config.HasField("version_policy"):
         config.version_policy.latest.num_versions = 1
     _check_warmup(config, src)
@@ -177,10 +179,31 @@ def check_supported(config: mc.ModelConfig, src: str) -> list[str]:
     for is_set, field in unsupported:
         if is_set:
             raise ConfigError(f"{src}: {field} {_UNSUPPORTED}")
+    _check_values(config, src)
     _check_instance_groups(config, src)
     _check_tensor_fields(config.input, src, "input")
     _check_tensor_fields(config.output, src, "output")
-    return Parameters(config, src).check_keys()
+    parameters = Parameters(config, src)
+    parameters.check_integers()
+    return parameters.check_keys()
+
+
+def _check_values(config: mc.ModelConfig, src: str) -> None:
+    """Numbers that no model makes right, refused with the field named (the proto types allow
+    negative counts and sizes; a config given over the API is checked here before any load)."""
+    if config.max_batch_size < 0:
+        raise ConfigError(f"{src}: max_batch_size must be >= 0, got {config.max_batch_size}")
+    for index, group in enumerate(config.instance_group):
+        where = f"{src}: instance_group[{index}].count"
+        if group.count < 0:  # 0 is Triton's default: 1 instance
+            raise ConfigError(f"{where} must be >= 1 (got {group.count})")
+        if group.count > MAX_INSTANCES:
+            raise ConfigError(f"{where} must be at most {MAX_INSTANCES} (got {group.count})")
+    for index, size in enumerate(config.dynamic_batching.preferred_batch_size):
+        if size < 1:
+            raise ConfigError(
+                f"{src}: dynamic_batching.preferred_batch_size[{index}] must be >= 1, got {size}"
+            )
 
 
 def _check_instance_groups(config: mc.ModelConfig, src: str) -> None:

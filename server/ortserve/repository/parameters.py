@@ -12,11 +12,13 @@ of Triton's ONNX Runtime backend that ortserve does not implement.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 
-from ortserve.errors import ConfigError
+from ortserve.errors import ConfigError, shown
 from ortserve_client._proto import model_config_pb2 as mc
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -44,6 +46,7 @@ TEXT_KEYS = (
     "aggregation",
     "stride",
     "max_answer_length",
+    "max_text_bytes",
 )
 KNOWN_KEYS = frozenset(RUNTIME_KEYS + BATCHING_KEYS + TEXT_KEYS)
 
@@ -72,7 +75,25 @@ SESSION_FLAGS = frozenset(
         "session.allow_released_opsets_only",
     }
 )
-SESSION_INTEGERS = frozenset({"session.dynamic_block_base"})
+#: The largest integer any parameter takes (ONNX Runtime and the tokenizer read C ints): a larger
+#: one is refused here, with the key named, rather than failing inside them.
+INT32_MAX = 2**31 - 1
+#: Thread pools are created whole: a mistyped count would start that many threads.
+MAX_THREADS = 1024
+#: Every integer parameter and the values it takes (inclusive): one table for the readers and for
+#: the check of a whole config before anything loads (``check_integers``).
+INTEGER_RANGES: dict[str, tuple[int, int]] = {
+    "intra_op_thread_count": (0, MAX_THREADS),
+    "inter_op_thread_count": (0, MAX_THREADS),
+    "session.dynamic_block_base": (0, INT32_MAX),
+    "max_batch_tokens": (0, INT32_MAX),
+    "max_sequence_length": (1, INT32_MAX),
+    "stride": (0, INT32_MAX),
+    "max_answer_length": (1, INT32_MAX),
+    "max_text_bytes": (1, INT32_MAX),
+}
+SESSION_INTEGERS = frozenset(key for key in INTEGER_RANGES if key.startswith(SESSION_PREFIX))
+
 #: Other session config keys of the onnxruntime this ships with (for "did you mean" and the
 #: warning about keys it would ignore).
 SESSION_KEYS = (
@@ -127,7 +148,7 @@ class Parameters:
         return raw.strip() if raw and raw.strip() else None
 
     def _error(self, key: str, wanted: str, raw: str) -> ConfigError:
-        return ConfigError(f"{self._source}: parameters '{key}' must be {wanted}, got {raw!r}")
+        return ConfigError(f"{self._source}: parameters '{key}' must be {wanted}, got {shown(raw)}")
 
     def where(self, key: str) -> str:
         """Names a parameter in a message: "<file>: parameters '<key>'"."""
@@ -140,17 +161,27 @@ class Parameters:
         return self._raw(key) or default
 
     def integer(self, key: str, default: int, minimum: int | None = None) -> int:
+        """An integer in the key's range (``INTEGER_RANGES``; ``minimum`` may raise its floor)."""
         raw = self._raw(key)
         if raw is None:
             return default
-        wanted = "an integer" if minimum is None else f"an integer >= {minimum}"
-        try:
-            value = int(raw)
-        except ValueError:
-            raise self._error(key, wanted, raw) from None
-        if minimum is not None and value < minimum:
+        low, high = INTEGER_RANGES.get(key, (-INT32_MAX, INT32_MAX))
+        low = low if minimum is None else max(low, minimum)
+        wanted = f"an integer from {low} to {high}"
+        # Decimal ASCII digits only (int() also takes '٣' and '1_0'), and never more of them
+        # than an int32 has: int() refuses a string past Python's digit limit with a ValueError.
+        if not _INTEGER.fullmatch(raw) or len(raw.lstrip("+-0")) > len(str(INT32_MAX)):
+            raise self._error(key, wanted, raw)
+        value = int(raw)
+        if not low <= value <= high:
             raise self._error(key, wanted, raw)
         return value
+
+    def check_integers(self) -> None:
+        """Refuse, with the key named, every integer parameter given out of its range."""
+        for key in sorted(self._values):
+            if key in INTEGER_RANGES:
+                self.integer(key, 0)
 
     def choice(self, key: str, default: str, choices: Mapping[str, str]) -> str:
         """One of ``choices`` (value -> what it means, for the message)."""

@@ -2,8 +2,8 @@
 
 Names follow Triton's ONNX Runtime backend so that an existing Triton repository means the same
 thing here: ``optimization.graph.level`` (-1 basic, 1 extended, 2 none, 0 all: Triton's values),
-``parameters`` keys ``intra_op_thread_count``, ``inter_op_thread_count`` (>= 0; 0 lets ORT
-choose), ``execution_mode`` (0 sequential, 1 parallel), ``enable_mem_arena``,
+``parameters`` keys ``intra_op_thread_count``, ``inter_op_thread_count`` (0 to 1024; 0 lets
+ORT choose), ``execution_mode`` (0 sequential, 1 parallel), ``enable_mem_arena``,
 ``enable_mem_pattern``, any ``session.*`` key (passed as an ORT session config entry, e.g.
 ``session.intra_op.allow_spinning``; the known flags among them take true/false or 1/0), and
 ``optimization.execution_accelerators`` (``tensorrt`` / ``cuda`` on GPU, ``openvino`` on CPU).
@@ -69,8 +69,10 @@ def session_options(config: mc.ModelConfig, source: str) -> ort.SessionOptions:
     if level not in _GRAPH_LEVELS:
         raise ConfigError(f"{source}: optimization.graph.level must be -1, 0, 1 or 2, got {level}")
     options.graph_optimization_level = _GRAPH_LEVELS[level]
-    options.intra_op_num_threads = params.integer("intra_op_thread_count", 0, minimum=0)
-    options.inter_op_num_threads = params.integer("inter_op_thread_count", 0, minimum=0)
+    # Ranges from parameters.INTEGER_RANGES: a value ORT's C int cannot take is refused there,
+    # named, instead of failing here as a pybind TypeError.
+    options.intra_op_num_threads = params.integer("intra_op_thread_count", 0)
+    options.inter_op_num_threads = params.integer("inter_op_thread_count", 0)
     mode = params.choice("execution_mode", "0", _EXECUTION_MODES)
     options.execution_mode = (
         ort.ExecutionMode.ORT_PARALLEL if mode == "1" else ort.ExecutionMode.ORT_SEQUENTIAL
@@ -88,7 +90,7 @@ def _session_value(params: Parameters, key: str, value: str) -> str:
     if key in SESSION_FLAGS:
         return "1" if params.flag(key, False) else "0"
     if key in SESSION_INTEGERS:
-        return str(params.integer(key, 0, minimum=0))
+        return str(params.integer(key, 0))
     return value
 
 

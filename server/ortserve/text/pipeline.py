@@ -54,6 +54,7 @@ class TextPipeline:
             )
         if config.max_batch_size == 0:
             raise ModelLoadError(f"{where}: a text model needs max_batch_size > 0 (a batch axis)")
+        self.max_rows = config.max_batch_size
         ids = next(entry for entry in config.input if entry.name == "input_ids")
         dtype = DATATYPE_TO_DTYPE[CONFIG_TO_WIRE[ids.data_type]]
         self.encoder = TextEncoder(
@@ -139,8 +140,9 @@ class TextPipeline:
         mixed = [name for name in given if name not in (TEXT, TEXT_PAIR)]
         if mixed:
             raise InvalidInput(f"send either TEXT or token inputs, not both (also got {mixed})")
-        texts = _strings(given[TEXT])
-        pairs = _strings(given[TEXT_PAIR]) if TEXT_PAIR in given else None
+        limit = self.settings.max_text_bytes
+        texts = _strings(given[TEXT], self.max_rows, limit)
+        pairs = _strings(given[TEXT_PAIR], self.max_rows, limit) if TEXT_PAIR in given else None
         if pairs is not None and len(pairs) != len(texts):
             raise InvalidInput(
                 f"input 'TEXT_PAIR' has {len(pairs)} rows but 'TEXT' has {len(texts)}"
@@ -216,16 +218,28 @@ class TextPipeline:
         ]
 
 
-def _strings(tensor: DecodedTensor) -> list[str]:
+def _strings(tensor: DecodedTensor, max_rows: int, max_bytes: int) -> list[str]:
+    """The rows as text, refusing what cannot fit before anything is tokenized: more rows than
+    one batch takes, or a row longer than ``max_text_bytes``."""
     name = tensor.name
     if tensor.datatype != "BYTES":
         raise InvalidInput(f"input '{name}': datatype {tensor.datatype}, expected BYTES")
     shape = list(tensor.array.shape)
     if len(shape) != 2 or shape[1] != 1 or shape[0] < 1:
         raise InvalidInput(f"input '{name}': shape {shape}, expected [rows, 1] (one text a row)")
+    if shape[0] > max_rows:
+        raise InvalidInput(
+            f"input '{name}': {shape[0]} rows do not fit in one batch "
+            f"(1..{max_rows} rows, max_batch_size)"
+        )
     texts = []
     for row, item in enumerate(tensor.array.reshape(-1)):
         data = item if isinstance(item, bytes) else str(item).encode()
+        if len(data) > max_bytes:
+            raise InvalidInput(
+                f"input '{name}': row {row} has {len(data)} bytes, more than the {max_bytes} "
+                "a text may carry (parameter max_text_bytes)"
+            )
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -9,6 +9,9 @@
   sentence_bert_config.json ``max_seq_length``, else tokenizer_config.json ``model_max_length``,
   capped at 512.
 - ``truncation``: true cuts longer texts; false refuses them (INVALID_ARGUMENT). Default true.
+  Either way only a text's head is tokenized: enough to hold more than max_sequence_length tokens.
+- ``max_text_bytes``: the most UTF-8 bytes one row of TEXT or TEXT_PAIR may carry; a longer row
+  is refused (INVALID_ARGUMENT naming the input and row). Default 1 MiB (1048576).
 - ``pooling`` (mean, cls, max, mean_sqrt_len or last, as sentence-transformers names its
   ``pooling_mode_*`` keys) and ``normalize``: embeddings of a model that outputs token states.
   Default: 1_Pooling/config.json, and normalize when modules.json has a Normalize module.
@@ -38,6 +41,8 @@ AGGREGATIONS = ("none", "simple", "first", "max")
 POOLINGS = ("mean", "cls", "max", "mean_sqrt_len", "last")
 #: The fewest tokens ``max_sequence_length`` may give (the exporter refuses less, too).
 MIN_SEQUENCE_LENGTH = 2
+#: Default ``max_text_bytes``: the most UTF-8 bytes one text row may carry.
+MAX_TEXT_BYTES = 2**20
 
 #: 1_Pooling/config.json keys, in the order the exporter reads them, and the pooling they mean.
 POOLING_KEYS = (
@@ -68,6 +73,7 @@ class TextSettings:
     aggregation: str = "simple"
     stride: int = 128
     max_answer_length: int = 30
+    max_text_bytes: int = MAX_TEXT_BYTES
 
     @property
     def pair_input(self) -> bool:
@@ -107,6 +113,7 @@ def text_settings(params: Parameters, files: ModelFiles) -> TextSettings:
         aggregation=aggregation,
         stride=params.integer("stride", min(128, max_length // 4)),
         max_answer_length=params.integer("max_answer_length", 30),
+        max_text_bytes=params.integer("max_text_bytes", MAX_TEXT_BYTES),
     )
     if settings.confidence_threshold is not None and not settings.fallback_label:
         raise ConfigError(f"{where('confidence_threshold')}: needs a fallback_label parameter too")

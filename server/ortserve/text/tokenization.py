@@ -4,6 +4,12 @@ One request's texts are encoded together (``encode_batch`` runs in Rust and rele
 call ``encode`` from a worker thread) and padded to the request's own longest row; the batcher
 pads further to the batch's longest. Question answering splits a long context into overlapping
 windows, so one text can become several rows.
+
+Tokenizers tokenize a whole text before truncating it (about 75 bytes of memory per character),
+so a long text is cut first to the head that truncation would keep: the shortest prefix, ending
+at a word boundary, known to hold more tokens than the model can take (found by tokenizing
+prefixes of growing size). Where a longer text is refused (truncation off, a context needing
+more than ``MAX_WINDOWS`` windows), finding such a head is enough to refuse it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,12 @@ Array = npt.NDArray[Any]
 
 #: Windows one question-answering request may take (its context's length / the window's).
 MAX_WINDOWS = 256
+#: The first prefix tried when cutting a long text: this many characters per token wanted
+#: (natural text has 3-6), then four times more each try.
+CHARS_PER_TOKEN = 8
+#: Texts are tokenized in groups of at most this many characters: tokenizers' memory per call
+#: grows with the characters it is given.
+CHUNK_CHARS = 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +80,14 @@ class TextEncoder:
             )
         else:
             self._tokenizer.no_truncation()
-        # Questions are measured on their own first: tokenizers panics (a Rust backtrace on
-        # stderr) when a question leaves the context no more room than the stride.
-        self._questions: Tokenizer | None = None
+        # Counts tokens of a text on its own, untruncated: long texts are cut with it, and
+        # questions are measured with it first: tokenizers panics (a Rust backtrace on stderr)
+        # when a question leaves the context no more room than the stride.
+        self._measure = Tokenizer.from_str(tokenizer.to_str())
+        self._measure.no_padding()
+        self._measure.no_truncation()
+        self._questions: Tokenizer | None = self._measure if windows else None
         if windows:
-            self._questions = Tokenizer.from_str(tokenizer.to_str())
-            self._questions.no_padding()
-            self._questions.no_truncation()
             self._room = max_length - self._tokenizer.num_special_tokens_to_add(True)
         self._inputs = list(model_inputs)
         self._dtype = input_dtype
@@ -111,12 +124,72 @@ class TextEncoder:
     def pad_values(self) -> dict[str, int]:
         return {"input_ids": self._pad_id}
 
+    def head(self, text: str, more_than: int) -> str:
+        """The shortest prefix of ``text`` ending at a word boundary that holds more than
+        ``more_than`` tokens, each as the whole text has it; ``text`` when there is none.
+
+        Pre-tokenizers split at whitespace, so the tokens before a prefix's last word are those
+        of the whole text; the prefix stops before that word (which the cut may have split)."""
+        budget = more_than * CHARS_PER_TOKEN
+        while budget < len(text):
+            head = text[:budget]
+            words = head.rstrip().rsplit(None, 1)
+            if len(words) == 2:
+                boundary = len(words[0])
+                offsets = self._measure.encode(head, add_special_tokens=False).offsets
+                if sum(1 for _, end in offsets if end <= boundary) > more_than:
+                    return text[:boundary]
+            budget *= 4
+        return text
+
+    def _cut(self, texts: Sequence[str], name: str, pair: bool) -> list[str]:
+        """Each text cut to the head truncation keeps; refused where a longer text is."""
+        if self._windows and pair:  # a context: more than MAX_WINDOWS windows is refused
+            limit = MAX_WINDOWS * self._max_length
+            for index, text in enumerate(texts):
+                if len(self.head(text, limit)) < len(text):
+                    raise InvalidInput(
+                        f"input '{name}': context {index} has more than {limit} tokens, more "
+                        f"than {MAX_WINDOWS} windows of {self._max_length} tokens take: send a "
+                        "shorter context"
+                    )
+            return list(texts)
+        heads = [self.head(text, self._max_length) for text in texts]
+        if not self._truncation or self._windows:  # a question must fit a window whole
+            for index, (head, text) in enumerate(zip(heads, texts, strict=True)):
+                if len(head) < len(text):
+                    what = "question" if self._windows else "text"
+                    raise InvalidInput(
+                        f"input '{name}': {what} {index} has more than {self._max_length} "
+                        f"tokens, more than max_sequence_length {self._max_length}"
+                        + ("" if self._windows else " (truncation is off for this model)")
+                    )
+        return heads
+
+    def _encode_batch(self, items: Sequence[Any]) -> list[Encoding]:
+        """``encode_batch`` over groups of at most CHUNK_CHARS characters (or one item)."""
+        encodings: list[Encoding] = []
+        group: list[Any] = []
+        size = 0
+        for item in items:
+            length = len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
+            if group and size + length > CHUNK_CHARS:
+                encodings.extend(self._tokenizer.encode_batch(group))
+                group, size = [], 0
+            group.append(item)
+            size += length
+        if group:
+            encodings.extend(self._tokenizer.encode_batch(group))
+        return encodings
+
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> Encoded:
+        texts = self._cut(texts, "TEXT", pair=False)
+        pairs = None if pairs is None else self._cut(pairs, "TEXT_PAIR", pair=True)
         items: list[Any] = list(texts) if pairs is None else list(zip(texts, pairs, strict=True))
         if self._questions is not None and pairs is not None:
             self._check_questions(texts, pairs)
         try:
-            encodings = self._tokenizer.encode_batch(items)
+            encodings = self._encode_batch(items)
         except Exception as exc:  # tokenizers refuses e.g. a question longer than the window
             raise InvalidInput(f"input 'TEXT': {self._refusal(exc)}") from None
         except BaseException as exc:  # a Rust panic comes up as a BaseException
