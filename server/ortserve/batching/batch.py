@@ -1,4 +1,5 @@
-"""What the batcher hands to ``run_batch``, and the counters it shows to the statistics endpoint."""
+"""What the batcher hands to ``run_batch``, and the counters it keeps of its own work (read by
+``Batcher.stats``; the statistics endpoint has its own recorder)."""
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ the queue keeps taking requests and any other runner forms and runs the next bat
 
 Every caller gets exactly one answer: its result, the error of its batch, DeadlineExpired from
 its timer, Overloaded or InvalidInput at submit, or ModelNotReady at shutdown. Futures are
-only ever resolved through ``_answer``/``_fail`` (set if not done), so a caller that has gone
-away costs nothing and races between a timer and a batch are harmless.
+only ever resolved if not done yet (``_execute`` for results, ``_fail`` for errors), so a caller
+that has gone away costs nothing and races between a timer and a batch are harmless.
 """
 
 from __future__ import annotations

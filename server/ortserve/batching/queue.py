@@ -38,11 +38,9 @@ class Entry(Generic[T, R]):
 
 
 def compatible(head_key: Hashable, key: Hashable) -> bool:
-    """Whether a request may join a batch formed from ``head_key``.
-
-    Seam for padding: text models will pass a key of None ("paddable") and a batch of them
-    will be padded to its longest item, with that cost counted, instead of needing equal shapes.
-    """
+    """Whether a request may join a batch formed from ``head_key`` (``tensors.shape_key``):
+    the same inputs, dtypes and shapes past the batch axis. Paddable (text) requests share a key
+    without their token width, which ``_by_length`` bounds and the batch is padded to."""
     return bool(key == head_key)
 
 
