@@ -6,6 +6,8 @@ sent to the caller as it is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class OrtserveError(Exception):
     """Root of every error the daemon raises on purpose."""
@@ -50,6 +52,15 @@ class ConfigError(ModelLoadError):
 def shown(text: str, limit: int = 64) -> str:
     """``text`` quoted for a message, cut to ``limit`` characters: a value a caller sent is named,
     never echoed back kilobytes long."""
+    return _clipped(text, limit, repr)
+
+
+def cut(text: str, limit: int = 300) -> str:
+    """``text`` (a message built from what a caller sent) cut to ``limit`` characters."""
+    return _clipped(text, limit, str)
+
+
+def _clipped(text: str, limit: int, form: Callable[[str], str]) -> str:
     if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text)} characters)"
+        return form(text)
+    return f"{form(text[:limit])}... ({len(text)} characters)"

@@ -167,14 +167,9 @@ class InferenceService:
             self._failed(None, exc, 0, model_name)
             raise
 
-    def undecodable(self, model_name: str, exc: InvalidInput) -> OrtserveError:
-        """A request whose tensors could not be decoded (before ``infer``): counted as a
-        failure, and answered as any request to an unknown model would be, else with ``exc``."""
-        try:
-            self._registry.entry(model_name)
-        except OrtserveError as unknown:
-            self._failed(None, unknown, 0, model_name)
-            return unknown
+    def undecodable(self, model_name: str, exc: InvalidInput) -> InvalidInput:
+        """A request whose tensors could not be decoded (after ``check_target``, before
+        ``infer``): counted as a failure, and answered with ``exc``."""
         self._failed(None, exc, 0, model_name)
         return exc
 

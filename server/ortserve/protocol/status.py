@@ -95,6 +95,11 @@ class ShutdownHold:
     def hold(self) -> None:
         self._released.clear()
 
+    @property
+    def holding(self) -> bool:
+        """Checked by every call before ``wait``: serving, a call pays for nothing more."""
+        return not self._released.is_set()
+
     def arrived(self) -> None:
         """A new call, or a message on an open stream: the clients are not quiet yet."""
         self._arrived.set()
@@ -190,7 +195,8 @@ def _guard_unary(behavior: UnaryBehavior, method: str, hold: ShutdownHold) -> Un
     name = method.rsplit("/", 1)[-1]
 
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await hold.wait(context.time_remaining())
+        if hold.holding:
+            await hold.wait(context.time_remaining())
         # Every log line of this request carries its id (the request's own, or a new one);
         # the binding lives in this RPC's task context and goes with it.
         request_id = getattr(request, "id", "") or uuid.uuid4().hex[:16]
@@ -225,7 +231,8 @@ def _guard_stream(behavior: StreamBehavior, method: str, hold: ShutdownHold) -> 
     async def guarded(
         requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        await hold.wait(context.time_remaining())
+        if hold.holding:
+            await hold.wait(context.time_remaining())
         try:
             async for response in behavior(_decoded_stream(requests), context):
                 yield response

@@ -22,7 +22,14 @@ from pathlib import Path, PurePosixPath
 import structlog
 from google.protobuf import json_format
 
-from ortserve.errors import InvalidInput, ModelLoadError, ModelNotFound, ModelNotReady, shown
+from ortserve.errors import (
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    cut,
+    shown,
+)
 from ortserve.observability.metrics import Metrics
 from ortserve.registry.versions import ServedVersion, load_version
 from ortserve.repository.config import ParsedConfig, check_supported, read_config
@@ -585,14 +592,10 @@ def _parse_json_config(text: str, name: str) -> ParsedConfig:
     try:
         json_format.Parse(text, config)
     except json_format.ParseError as exc:
-        raise InvalidInput(f"{source}: {_cut(str(exc))}") from None
+        raise InvalidInput(f"{source}: {cut(str(exc))}") from None
     check_supported(config, source)
     given = '"max_batch_size"' in text or '"maxBatchSize"' in text
     return ParsedConfig(config, source, given)
-
-
-def _cut(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 #: A path given as a ``file:`` key: its length in bytes and that of each of its names (the
