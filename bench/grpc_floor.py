@@ -35,9 +35,9 @@ def serve(loop: str) -> None:
     import grpc
     import numpy as np
 
-    from ortserve_client._proto import grpc_service_pb2 as pb
-    from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
-    from ortserve_client._proto import model_config_pb2 as mc
+    from ortserve_client.proto import grpc_service_pb2 as pb
+    from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
+    from ortserve_client.proto import model_config_pb2 as mc
 
     names = ("input_ids", "attention_mask")
     tensor = pb.ModelMetadataResponse.TensorMetadata

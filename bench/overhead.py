@@ -38,7 +38,7 @@ async def measure(repo: Path, concurrency: int, requests: int, profile: bool) ->
     from ortserve.observability.metrics import Metrics
     from ortserve.protocol import codec
     from ortserve.registry.registry import ModelRegistry
-    from ortserve_client._proto import grpc_service_pb2 as pb
+    from ortserve_client.proto import grpc_service_pb2 as pb
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     metrics = Metrics()

@@ -343,7 +343,7 @@ async def _layers(repo: Path, seconds: float, concurrency: int) -> dict[str, Any
     from ortserve.observability.metrics import Metrics
     from ortserve.protocol import codec
     from ortserve.registry.registry import ModelRegistry
-    from ortserve_client._proto import grpc_service_pb2 as pb
+    from ortserve_client.proto import grpc_service_pb2 as pb
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
     metrics = Metrics()

@@ -1,11 +1,11 @@
-"""Regenerate the gRPC/protobuf stubs in client/ortserve_client/_proto from protos/*.proto.
+"""Regenerate the gRPC/protobuf stubs in client/ortserve_client/proto from protos/*.proto.
 
     python protos/generate.py          # rewrite the stubs
     python protos/generate.py --check  # exit 1 if the checked-in stubs differ (CI)
 
 Two edits are made to protoc's output, both deliberate:
 
-* The messages are registered in a private descriptor pool (``_proto/_pool.py``) instead of
+* The messages are registered in a private descriptor pool (``proto/_pool.py``) instead of
   protobuf's process-wide default pool. ``tritonclient.grpc`` registers the very same
   ``inference.*`` names in the default pool, and a process that imports both would otherwise
   fail with "duplicate symbol". Only the service path and field numbers travel on the wire,
@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
-OUT = ROOT / "client" / "ortserve_client" / "_proto"
+OUT = ROOT / "client" / "ortserve_client" / "proto"
 SOURCES = ("model_config.proto", "grpc_service.proto")
 KEEP = ("__init__.py", "_pool.py")
 

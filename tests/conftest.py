@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ortserve_client._proto import grpc_service_pb2 as pb
-from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
+from ortserve_client.proto import grpc_service_pb2 as pb
+from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
 
 START_TIMEOUT_S = 60.0
 

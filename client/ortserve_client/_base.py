@@ -11,12 +11,12 @@ from typing import Any
 
 import grpc
 import numpy as np
-import numpy.typing as npt
 
-from ortserve_client._proto import grpc_service_pb2 as pb
 from ortserve_client.errors import invalid
+from ortserve_client.proto import grpc_service_pb2 as pb
 from ortserve_client.tensors import (
     DATATYPE_TO_DTYPE,
+    Array,
     TensorError,
     datatype_of,
     decode_raw,
@@ -24,7 +24,6 @@ from ortserve_client.tensors import (
     parameter_value,
 )
 
-Array = npt.NDArray[Any]
 InputValue = Array | Sequence[str] | Sequence[bytes]
 Inputs = Mapping[str, InputValue]
 Parameters = Mapping[str, bool | int | float | str]

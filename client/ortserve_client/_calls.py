@@ -15,7 +15,6 @@ import grpc
 from google.protobuf import json_format
 
 from ortserve_client._base import (
-    Array,
     InferResult,
     Inputs,
     ModelSignature,
@@ -25,9 +24,10 @@ from ortserve_client._base import (
     parse_response,
     to_array,
 )
-from ortserve_client._proto import grpc_service_pb2 as pb
-from ortserve_client._proto import model_config_pb2 as mc
 from ortserve_client.errors import InferenceServerError, InvalidArgumentError, error_for
+from ortserve_client.proto import grpc_service_pb2 as pb
+from ortserve_client.proto import model_config_pb2 as mc
+from ortserve_client.tensors import Array
 
 T = TypeVar("T")
 

@@ -12,16 +12,16 @@ import grpc
 
 from ortserve_client import _calls, tasks
 from ortserve_client._base import (
-    Array,
     InferResult,
     Inputs,
     Parameters,
     channel_settings,
 )
-from ortserve_client._proto import grpc_service_pb2 as pb
-from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
-from ortserve_client._proto import model_config_pb2 as mc
 from ortserve_client.errors import InferenceServerError, from_rpc_error
+from ortserve_client.proto import grpc_service_pb2 as pb
+from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
+from ortserve_client.proto import model_config_pb2 as mc
+from ortserve_client.tensors import Array
 
 T = TypeVar("T")
 

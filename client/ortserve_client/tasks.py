@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ortserve_client._base import Array, InferResult, Inputs, to_array
+from ortserve_client._base import InferResult, Inputs, to_array
 from ortserve_client.errors import invalid
+from ortserve_client.tensors import Array
 
 
 @dataclass(frozen=True, slots=True)

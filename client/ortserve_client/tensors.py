@@ -10,12 +10,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-from ortserve_client._proto import grpc_service_pb2 as pb
+from ortserve_client.proto import grpc_service_pb2 as pb
+
+Array: TypeAlias = npt.NDArray[Any]  # any numpy array; the one alias client and server use
 
 
 def _bf16_dtype() -> np.dtype[Any]:
@@ -74,7 +76,7 @@ _LEN = struct.Struct("<I")
 MAX_ELEMENTS = 2**31
 
 
-def datatype_of(array: npt.NDArray[Any]) -> str:
+def datatype_of(array: Array) -> str:
     """The wire datatype name for a numpy array (``str``/``bytes`` arrays are BYTES)."""
     dtype = array.dtype
     if dtype.kind in ("O", "S", "U"):
@@ -98,10 +100,10 @@ def element_count(shape: Sequence[int]) -> int:
 class DecodedTensor:
     name: str
     datatype: str
-    array: npt.NDArray[Any]
+    array: Array
 
 
-def serialize_bytes(array: npt.NDArray[Any]) -> bytes:
+def serialize_bytes(array: Array) -> bytes:
     """BYTES elements, each as a 4-byte little-endian length followed by its bytes."""
     parts: list[bytes] = []
     for item in array.reshape(-1):
@@ -143,7 +145,7 @@ def deserialize_bytes(name: str, raw: bytes, count: int) -> npt.NDArray[np.objec
     return out
 
 
-def decode_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> npt.NDArray[Any]:
+def decode_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> Array:
     """Decode one tensor's raw contents (zero-copy for fixed-size types)."""
     dtype = _dtype_for(name, datatype)
     count = element_count(shape)
@@ -160,7 +162,7 @@ def decode_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> np
 
 def decode_contents(
     name: str, datatype: str, shape: Sequence[int], contents: pb.InferTensorContents
-) -> npt.NDArray[Any]:
+) -> Array:
     """Decode one tensor given as typed ``contents`` (the non-raw form)."""
     dtype = _dtype_for(name, datatype)
     field = _CONTENTS_FIELD.get(datatype)
@@ -184,7 +186,7 @@ def decode_contents(
         raise TensorError(f"input '{name}': a value does not fit {datatype}") from exc
 
 
-def encode_raw(array: npt.NDArray[Any]) -> bytes:
+def encode_raw(array: Array) -> bytes:
     """Raw contents for one tensor: C-order bytes, or length-prefixed elements for BYTES."""
     if array.dtype.kind in ("O", "S", "U"):
         return serialize_bytes(array)

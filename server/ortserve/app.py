@@ -29,7 +29,7 @@ from ortserve.protocol.status import ErrorInterceptor, ShutdownHold
 from ortserve.registry.registry import ModelRegistry
 from ortserve.repository.watcher import RepositoryWatcher, SettleTracker
 from ortserve.settings import ServeSettings
-from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
+from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
 
 log = structlog.get_logger("ortserve")
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from importlib import metadata as importlib_metadata
 
 from ortserve.settings import add_serve_arguments, environ, settings_from_args
-from ortserve.status import add_status_arguments, run_status
+from ortserve.status_command import add_status_arguments, run_status
 
 #: The companion tool's commands. ``main`` hands them to ``ortserve.export.cli`` unparsed and
 #: imports it only then: the daemon never loads the export code (torch, transformers, optimum).

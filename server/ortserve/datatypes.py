@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ortserve_client._proto import model_config_pb2 as mc
+from ortserve_client.proto import model_config_pb2 as mc
 
 #: model_config DataType enum value -> KServe v2 wire datatype name.
 CONFIG_TO_WIRE: Final[dict[int, str]] = {

@@ -10,10 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from ortserve.batching import (
     Batch,
@@ -27,9 +25,9 @@ from ortserve.batching import (
 from ortserve.observability.metrics import Metrics
 from ortserve.observability.statistics import ComputeTimes, VersionStatistics
 from ortserve.runtime.session import ModelSessions
-from ortserve_client._proto import model_config_pb2 as mc
+from ortserve_client.proto import model_config_pb2 as mc
+from ortserve_client.tensors import Array
 
-Array = npt.NDArray[Any]
 Feeds = Mapping[str, Array]
 
 

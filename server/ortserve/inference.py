@@ -12,8 +12,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy.typing as npt
-
 from ortserve.errors import InvalidInput, ModelNotReady, OrtserveError
 from ortserve.execution import ItemResult, merge_results
 from ortserve.observability.metrics import Metrics, reason_label
@@ -22,9 +20,7 @@ from ortserve.registry.versions import ServedVersion
 from ortserve.text.tasks import top_k
 from ortserve.text.tokenization import Encoded
 from ortserve.validation import check_inputs, check_outputs
-from ortserve_client.tensors import DecodedTensor
-
-Array = npt.NDArray[Any]
+from ortserve_client.tensors import Array, DecodedTensor
 
 
 @dataclass(slots=True)

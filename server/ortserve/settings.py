@@ -14,6 +14,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ortserve.repository.config import DEFAULT_MAX_BATCH_SIZE
+
 
 @dataclass(frozen=True, slots=True)
 class ServeSettings:
@@ -29,7 +31,7 @@ class ServeSettings:
     settle_seconds: float = 1.0
     watch_polling: bool = False
     allow_symlinks_outside_repository: bool = False
-    default_max_batch_size: int = 32
+    default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_message_bytes: int = 64 * 2**20
     max_concurrent_rpcs: int = 0
     grace_seconds: float = 5.0

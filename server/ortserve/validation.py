@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-import numpy.typing as npt
 
 from ortserve.datatypes import CONFIG_TO_WIRE
 from ortserve.errors import InvalidInput
-from ortserve_client._proto import model_config_pb2 as mc
-from ortserve_client.tensors import DecodedTensor
-
-Array = npt.NDArray[Any]
+from ortserve_client.proto import model_config_pb2 as mc
+from ortserve_client.tensors import Array, DecodedTensor
 
 
 def check_inputs(

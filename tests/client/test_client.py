@@ -28,8 +28,8 @@ from ortserve_client import (
     UnavailableError,
 )
 from ortserve_client._base import Inputs
-from ortserve_client._proto import grpc_service_pb2 as pb
-from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
+from ortserve_client.proto import grpc_service_pb2 as pb
+from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import Daemon, DaemonFactory, start_daemon
 from tests.factories.onnx_models import add_model, identity_model, slow_model, write_model
 from tests.factories.text_models import write_text_model

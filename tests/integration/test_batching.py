@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tg
 
-from ortserve_client._proto import grpc_service_pb2 as pb
-from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
+from ortserve_client.proto import grpc_service_pb2 as pb
+from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import Daemon, DaemonFactory, start_daemon
 from tests.factories.onnx_models import add_model, slow_model, two_output_model, write_model
 

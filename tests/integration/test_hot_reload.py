@@ -17,8 +17,8 @@ import pytest
 import tritonclient.grpc as tg
 from tritonclient.utils import InferenceServerException
 
-from ortserve_client._proto import grpc_service_pb2 as pb
-from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
+from ortserve_client.proto import grpc_service_pb2 as pb
+from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import Daemon, DaemonFactory
 from tests.factories.onnx_models import add_model, write_model
 

@@ -21,8 +21,8 @@ import grpc
 import numpy as np
 import pytest
 
-from ortserve_client._proto import grpc_service_pb2 as pb
-from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
+from ortserve_client.proto import grpc_service_pb2 as pb
+from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import Daemon, DaemonFactory
 from tests.factories.onnx_models import add_model, write_model
 from tests.factories.text_models import CORPUS, write_text_model

@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from ortserve_client._proto import grpc_service_pb2 as pb
-from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
+from ortserve_client.proto import grpc_service_pb2 as pb
+from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import DaemonFactory
 from tests.factories.onnx_models import add_model, write_model
 

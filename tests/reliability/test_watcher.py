@@ -12,8 +12,8 @@ import structlog
 import tritonclient.grpc as tg
 
 from ortserve.repository.watcher import RepositoryWatcher, SettleTracker
-from ortserve_client._proto import grpc_service_pb2 as pb
-from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
+from ortserve_client.proto import grpc_service_pb2 as pb
+from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import DaemonFactory
 from tests.factories.onnx_models import add_model, write_model
 from tests.integration.test_hot_reload import index, offset_of, served_versions, wait_for

@@ -28,7 +28,7 @@ from ortserve.batching import (
     stack_feeds,
 )
 from ortserve.errors import ConfigError, DeadlineExpired, InvalidInput, ModelNotReady, Overloaded
-from ortserve_client._proto import model_config_pb2 as mc
+from ortserve_client.proto import model_config_pb2 as mc
 
 Array = npt.NDArray[Any]
 BOUND_S = 30.0  # a bound on waits that should end at once: only a bug gets near it

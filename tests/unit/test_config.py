@@ -25,7 +25,7 @@ from ortserve.repository.parameters import TEXT_KEYS, Parameters
 from ortserve.repository.policy import served_versions
 from ortserve.runtime.options import session_options
 from ortserve.text import settings as settings_module
-from ortserve_client._proto import model_config_pb2 as mc
+from ortserve_client.proto import model_config_pb2 as mc
 
 DYNAMIC = Signature(
     inputs=(

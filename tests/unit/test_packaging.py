@@ -103,7 +103,7 @@ def test_client_never_imports_the_server() -> None:
 def test_tritonclient_and_ortserve_import_in_one_process(first: str) -> None:
     imports = [
         "import tritonclient.grpc as tg",
-        "from ortserve.protocol import servicer; from ortserve_client._proto import grpc_service_pb2 as pb",
+        "from ortserve.protocol import servicer; from ortserve_client.proto import grpc_service_pb2 as pb",
     ]
     if first == "ortserve":
         imports.reverse()
@@ -144,10 +144,10 @@ def test_wheel_contains_both_packages(tmp_path: Path) -> None:
         "ortserve/py.typed",
         "ortserve_client/tensors.py",
         "ortserve_client/py.typed",
-        "ortserve_client/_proto/grpc_service_pb2.py",
-        "ortserve_client/_proto/grpc_service_pb2.pyi",
-        "ortserve_client/_proto/grpc_service_pb2_grpc.py",
-        "ortserve_client/_proto/_pool.py",
+        "ortserve_client/proto/grpc_service_pb2.py",
+        "ortserve_client/proto/grpc_service_pb2.pyi",
+        "ortserve_client/proto/grpc_service_pb2_grpc.py",
+        "ortserve_client/proto/_pool.py",
     ]:
         assert expected in names, expected
     assert not any(name.startswith("tests/") for name in names)

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from ortserve_client._proto import grpc_service_pb2 as pb
+from ortserve_client.proto import grpc_service_pb2 as pb
 from ortserve_client.tensors import (
     BF16_DTYPE,
     TensorError,

@@ -12,7 +12,7 @@ from types import MappingProxyType
 
 from ortserve.errors import ConfigError, InvalidInput
 from ortserve.repository.parameters import Parameters
-from ortserve_client._proto import model_config_pb2 as mc
+from ortserve_client.proto import model_config_pb2 as mc
 
 _US = 1_000_000  # microseconds a second: config values are in µs, loop time in seconds
 _GROUPINGS = {"length": "nearest length first", "arrival": "arrival order"}

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Hashable, Mapping, Sequence
 from itertools import accumulate
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from ortserve.errors import InvalidInput
+from ortserve_client.tensors import Array
 
-Array = npt.NDArray[Any]
 Feeds = Mapping[str, Array]
 
 

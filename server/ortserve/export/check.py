@@ -21,13 +21,13 @@ import numpy as np
 from ortserve.export.errors import ExportError
 from ortserve.export.options import Thresholds
 from ortserve.export.samples import (
-    Array,
     graph_feeds,
     input_specs,
     single,
     token_mask,
     torch_inputs,
 )
+from ortserve_client.tensors import Array
 
 
 @dataclass(frozen=True, slots=True)

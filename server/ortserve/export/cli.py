@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from ortserve.export.errors import EXIT_USAGE, ExportError, Terminated
 from ortserve.export.options import (
-    DEFAULT_MAX_BATCH_SIZE,
     OPTIMIZE_LEVELS,
     QUANTIZE_TARGETS,
     TASKS,
@@ -28,6 +27,7 @@ from ortserve.export.options import (
     PublishOptions,
     Thresholds,
 )
+from ortserve.repository.config import DEFAULT_MAX_BATCH_SIZE
 from ortserve.text.settings import MIN_SEQUENCE_LENGTH  # the daemon's own floor
 
 if TYPE_CHECKING:

@@ -54,7 +54,6 @@ from ortserve.export.quantize import Quantization, quantize, resolve_target
 from ortserve.export.report import Reporter
 from ortserve.export.samples import (
     DEFAULT_TEXTS,
-    Array,
     batch_of,
     encode,
     graph_feeds,
@@ -72,6 +71,7 @@ from ortserve.export.source import (
     sentence_transformers_settings,
     set_offline,
 )
+from ortserve_client.tensors import Array
 
 
 def run_export(opts: ExportOptions, reporter: Reporter) -> int:

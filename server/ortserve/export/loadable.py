@@ -23,8 +23,8 @@ from ortserve.errors import ModelLoadError, OrtserveError
 from ortserve.export.errors import ExportError
 from ortserve.export.inspect import MANIFEST_FILENAME
 from ortserve.repository.config import (
+    DEFAULT_MAX_BATCH_SIZE,
     ParsedConfig,
-    Signature,
     complete_config,
     parse_config_text,
     read_config,
@@ -32,14 +32,14 @@ from ortserve.repository.config import (
 from ortserve.repository.layout import CONFIG_FILENAME
 from ortserve.repository.parameters import Parameters
 from ortserve.runtime.session import session_signature
-from ortserve.settings import ServeSettings
+from ortserve.signature import Signature
 from ortserve.text.files import TOKENIZER_FILE, read_files
 from ortserve.text.pipeline import TOKEN_INPUTS, TextPipeline
 from ortserve.text.settings import text_settings
 
 #: What the daemon gives a model without ``max_batch_size`` in its config (``ortserve serve
 #: --default-max-batch-size``, 32 unless changed).
-DAEMON_DEFAULT_MAX_BATCH_SIZE = ServeSettings(Path(".")).default_max_batch_size
+DAEMON_DEFAULT_MAX_BATCH_SIZE = DEFAULT_MAX_BATCH_SIZE
 
 #: The files the daemon reads beside a text model's model.onnx (``ortserve.text.files``).
 _TEXT_FILES = (

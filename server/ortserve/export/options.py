@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ortserve.repository.config import DEFAULT_MAX_BATCH_SIZE
+
 
 @dataclass(frozen=True, slots=True)
 class Task:
@@ -70,7 +72,6 @@ QUANTIZE_TARGETS = ("auto", "avx2", "avx512", "avx512_vnni", "arm64", "weight-on
 MAX_SEQUENCE_LENGTH_CAP = 512
 
 #: ``max_batch_size`` in a new config.pbtxt when ``--max-batch-size`` is not given.
-DEFAULT_MAX_BATCH_SIZE = 32
 
 
 #: Where a tensor model's tokenizer files go in its version folder: a ``tokenizer.json`` beside

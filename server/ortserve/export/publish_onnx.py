@@ -24,7 +24,6 @@ from ortserve.export.inspect import describe_graph, model_file, read_manifest
 from ortserve.export.loadable import check_loadable, signature, takes_tokens, token_inputs_note
 from ortserve.export.manifest import base_manifest, graph_record
 from ortserve.export.options import (
-    DEFAULT_MAX_BATCH_SIZE,
     TASKS,
     TOKENIZER_FOLDER,
     PublishOptions,
@@ -46,6 +45,7 @@ from ortserve.export.source import (
     max_sequence_length,
     sentence_transformers_settings,
 )
+from ortserve.repository.config import DEFAULT_MAX_BATCH_SIZE
 from ortserve.repository.layout import CONFIG_FILENAME
 
 

@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from ortserve.export.errors import ExportError
 from ortserve.export.options import TASKS
-
-Array = npt.NDArray[Any]
+from ortserve_client.tensors import Array
 
 DEFAULT_TEXTS = (
     "Hello world",

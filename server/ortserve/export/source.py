@@ -16,20 +16,11 @@ from typing import Any
 
 from ortserve.export.errors import ExportError
 from ortserve.export.options import MAX_SEQUENCE_LENGTH_CAP, TASKS
-from ortserve.text.settings import POOLING_KEYS
+from ortserve.text.settings import ARCHITECTURE_TASKS, POOLING_KEYS
 
 #: A Hugging Face Hub id: ``name`` or ``owner/name``.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")  # fullmatch: "$" allows a "\n"
 
-#: Architecture suffixes (``config.json`` "architectures") and the task they mean.
-_ARCHITECTURE_TASKS = (
-    ("ForSequenceClassification", "text-classification"),
-    ("ForTokenClassification", "token-classification"),
-    ("ForQuestionAnswering", "question-answering"),
-    ("ForCausalLM", "text-generation-with-past"),
-    ("LMHeadModel", "text-generation-with-past"),
-    ("Model", "feature-extraction"),
-)
 
 #: Files published beside model.onnx when the export has them (sentence-transformers files are
 #: copied from the source folder).
@@ -144,7 +135,7 @@ def detect_task(source: ModelSource) -> str:
     """The task for a folder: sentence-transformers files, else the architecture's head."""
     if source.sentence_transformers:
         return "sentence-embeddings"
-    for suffix, task in _ARCHITECTURE_TASKS:
+    for suffix, task in ARCHITECTURE_TASKS:
         if source.architecture.endswith(suffix):
             return task
     raise ExportError(

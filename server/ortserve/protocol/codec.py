@@ -14,7 +14,7 @@ from typing import Any
 
 from ortserve.errors import InvalidInput
 from ortserve.inference import InferRequest, InferResponse
-from ortserve_client._proto import grpc_service_pb2 as pb
+from ortserve_client.proto import grpc_service_pb2 as pb
 from ortserve_client.tensors import (
     TensorError,
     decode_request_inputs,

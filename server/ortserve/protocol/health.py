@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from ortserve_client._proto import grpc_service_pb2, model_config_pb2
+from ortserve_client.proto import grpc_service_pb2, model_config_pb2
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 SERVING = health_pb2.HealthCheckResponse.SERVING

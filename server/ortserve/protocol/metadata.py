@@ -9,8 +9,8 @@ from ortserve.observability.statistics import Duration, VersionStatistics
 from ortserve.registry.registry import IndexEntry
 from ortserve.registry.versions import ServedVersion
 from ortserve.repository.config import PLATFORM
-from ortserve_client._proto import grpc_service_pb2 as pb
-from ortserve_client._proto import model_config_pb2 as mc
+from ortserve_client.proto import grpc_service_pb2 as pb
+from ortserve_client.proto import model_config_pb2 as mc
 
 SERVER_NAME = "ortserve"
 

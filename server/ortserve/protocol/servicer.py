@@ -16,8 +16,8 @@ from ortserve.inference import InferenceService
 from ortserve.protocol import codec, metadata
 from ortserve.protocol.status import CONTROL_EXCEPTIONS, ShutdownHold, describe
 from ortserve.registry.registry import ModelRegistry
-from ortserve_client._proto import grpc_service_pb2 as pb
-from ortserve_client._proto import grpc_service_pb2_grpc as pb_grpc
+from ortserve_client.proto import grpc_service_pb2 as pb
+from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -42,7 +42,7 @@ from ortserve.repository.layout import (
 )
 from ortserve.repository.policy import served_versions
 from ortserve.repository.watcher import SettleTracker, VersionLook, look_at_versions
-from ortserve_client._proto import model_config_pb2 as mc
+from ortserve_client.proto import model_config_pb2 as mc
 
 log = structlog.get_logger("ortserve.registry")
 

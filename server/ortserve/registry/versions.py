@@ -26,7 +26,7 @@ from ortserve.runtime.session import ModelSessions
 from ortserve.text.files import has_tokenizer, read_files
 from ortserve.text.pipeline import TextPipeline
 from ortserve.text.settings import text_settings
-from ortserve_client._proto import model_config_pb2 as mc
+from ortserve_client.proto import model_config_pb2 as mc
 
 
 @dataclass(eq=False, slots=True)

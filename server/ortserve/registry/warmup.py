@@ -18,18 +18,15 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
-import numpy.typing as npt
 
 from ortserve.datatypes import CONFIG_TO_WIRE
 from ortserve.errors import ModelLoadError, OrtserveError
 from ortserve.runtime.session import ModelSessions
-from ortserve_client._proto import model_config_pb2 as mc
-from ortserve_client.tensors import DATATYPE_TO_DTYPE, datatype_of
-
-Array = npt.NDArray[Any]
+from ortserve_client.proto import model_config_pb2 as mc
+from ortserve_client.tensors import DATATYPE_TO_DTYPE, Array, datatype_of
 
 #: The most one warm-up sample may hold, all its input tensors together (64 MiB): the implicit
 #: row of zeros as much as an explicit ``model_warmup`` entry. Checked before allocating.

@@ -24,7 +24,8 @@ from ortserve.datatypes import config_type_name
 from ortserve.errors import ConfigError
 from ortserve.repository.layout import CONFIG_FILENAME, check_inside
 from ortserve.repository.parameters import SESSION_PREFIX, Parameters
-from ortserve_client._proto import model_config_pb2 as mc
+from ortserve.signature import Signature, TensorSpec
+from ortserve_client.proto import model_config_pb2 as mc
 
 log = structlog.get_logger("ortserve.config")
 
@@ -40,20 +41,9 @@ _UNSUPPORTED = "is not supported by ortserve"
 #: so a mistyped count would exhaust memory before it failed.
 MAX_INSTANCES = 256
 
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """One input or output as the model graph declares it (-1 for a dynamic dimension)."""
-
-    name: str
-    data_type: int  # model_config DataType enum value
-    dims: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Signature:
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+#: ``max_batch_size`` given to a batchable model whose config names none (``ortserve serve
+#: --default-max-batch-size`` changes it for the daemon; the exporter writes it into configs).
+DEFAULT_MAX_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 
 from ortserve.errors import ConfigError, shown
-from ortserve_client._proto import model_config_pb2 as mc
+from ortserve_client.proto import model_config_pb2 as mc
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _TRUE = ("1", "true", "yes", "on")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ortserve_client._proto import model_config_pb2 as mc
+from ortserve_client.proto import model_config_pb2 as mc
 
 
 def served_versions(policy: mc.ModelVersionPolicy, available: Iterable[int]) -> list[int]:

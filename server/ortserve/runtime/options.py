@@ -26,7 +26,7 @@ from ortserve.repository.parameters import (
     SESSION_PREFIX,
     Parameters,
 )
-from ortserve_client._proto import model_config_pb2 as mc
+from ortserve_client.proto import model_config_pb2 as mc
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"

@@ -14,18 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import onnxruntime as ort
 from onnx import TensorProto
 
 from ortserve.datatypes import ORT_TO_CONFIG
 from ortserve.errors import InvalidInput, ModelLoadError, ModelNotReady
-from ortserve.repository.config import Signature, TensorSpec
 from ortserve.runtime.options import ort_available_providers, provider_plan, session_options
-from ortserve_client._proto import model_config_pb2 as mc
-from ortserve_client.tensors import BF16_DTYPE
-
-Array = npt.NDArray[Any]
+from ortserve.signature import Signature, TensorSpec
+from ortserve_client.proto import model_config_pb2 as mc
+from ortserve_client.tensors import BF16_DTYPE, Array
 
 
 class ModelSessions:
@@ -36,11 +33,6 @@ class ModelSessions:
             raise ModelLoadError(f"{model_path}: model file not found")
         options = session_options(config, source)
         plan = provider_plan(config, ort_available_providers(), source)
-        for index, group in enumerate(config.instance_group):
-            if group.count < 0:  # checked again with the whole config; sessions come first
-                raise ModelLoadError(
-                    f"{source}: instance_group[{index}].count must be >= 1 (got {group.count})"
-                )
         count = sum(group.count for group in config.instance_group) or 1
         self.notes = list(plan.notes)
         self._sessions: list[Any] = []

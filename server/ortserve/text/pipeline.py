@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from ortserve.datatypes import CONFIG_TO_WIRE
 from ortserve.errors import InvalidInput, ModelLoadError
@@ -22,10 +20,9 @@ from ortserve.text import tasks
 from ortserve.text.files import ModelFiles
 from ortserve.text.settings import TextSettings
 from ortserve.text.tokenization import Encoded, TextEncoder
-from ortserve_client._proto import model_config_pb2 as mc
-from ortserve_client.tensors import DATATYPE_TO_DTYPE, DecodedTensor
+from ortserve_client.proto import model_config_pb2 as mc
+from ortserve_client.tensors import DATATYPE_TO_DTYPE, Array, DecodedTensor
 
-Array = npt.NDArray[Any]
 TEXT = "TEXT"
 TEXT_PAIR = "TEXT_PAIR"
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

@@ -53,11 +53,16 @@ POOLING_KEYS = (
     ("pooling_mode_lasttoken", "last"),
 )
 
-_ARCHITECTURE_TASKS = {
-    "ForSequenceClassification": "text-classification",
-    "ForTokenClassification": "token-classification",
-    "ForQuestionAnswering": "question-answering",
-}
+#: Architecture suffixes (``config.json`` "architectures") and the task they mean, first match
+#: wins; the exporter reads the same table. Tasks the daemon does not serve as text are skipped.
+ARCHITECTURE_TASKS = (
+    ("ForSequenceClassification", "text-classification"),
+    ("ForTokenClassification", "token-classification"),
+    ("ForQuestionAnswering", "question-answering"),
+    ("ForCausalLM", "text-generation-with-past"),
+    ("LMHeadModel", "text-generation-with-past"),
+    ("Model", "feature-extraction"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +140,8 @@ def _default_task(files: ModelFiles) -> str:
     if files.is_sentence_transformer:
         return "sentence-embeddings"
     for architecture in files.hf_config.get("architectures") or []:
-        for suffix, name in _ARCHITECTURE_TASKS.items():
-            if str(architecture).endswith(suffix):
+        for suffix, name in ARCHITECTURE_TASKS:
+            if str(architecture).endswith(suffix) and name in TASKS:
                 return name
     return "feature-extraction"
 

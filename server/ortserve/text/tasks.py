@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from tokenizers import Encoding
 
-Array = npt.NDArray[Any]
+from ortserve_client.tensors import Array
 
 
 def softmax(logits: Array, axis: int = -1) -> Array:

@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from tokenizers import Encoding, Tokenizer
 
 from ortserve.errors import InvalidInput
-
-Array = npt.NDArray[Any]
+from ortserve_client.tensors import Array
 
 #: Windows one question-answering request may take (its context's length / the window's).
 MAX_WINDOWS = 256

@@ -13,7 +13,7 @@ from typing import TextIO
 
 from ortserve.protocol.auth import read_tokens
 from ortserve_client import Client, InferenceServerError
-from ortserve_client._proto import grpc_service_pb2 as pb
+from ortserve_client.proto import grpc_service_pb2 as pb
 
 
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
