@@ -1,10 +1,10 @@
 """The transport's floor: a grpc.aio ModelInfer server answering from a cache, under load.
 
-    .venv/bin/python bench/grpc_floor.py [--streaming] [--loop uvloop]
+    .venv/bin/python -m bench.grpc_floor [--streaming] [--loop uvloop]
 
 No ONNX Runtime, no batcher, no checks: the same protos and the same grpc.aio server the daemon
 uses, answering the encoder's ModelMetadata/ModelConfig and a fixed [1, 384] FP32 response.
-Runs perf_analyzer (the same flags as bench/ratio.py) at concurrency 1 and 64 and at a paced
+Runs perf_analyzer (the same flags as bench.ratio) at concurrency 1 and 64 and at a paced
 300 requests/s, and prints infer/s, p50/p99 and the server's CPU per request (its event-loop
 thread, and the whole process). What no Python gRPC server on this host can go below.
 --streaming: perf_analyzer over ModelStreamInfer (one stream per client); --loop uvloop: the
@@ -16,19 +16,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT))
+from bench.lib import BENCH, perf_analyzer
+from bench.lib.daemon import Daemon, running
+from bench.lib.encoder import MODEL, SEQ
+from bench.lib.procstat import main_thread_cpu, process_cpu
+from bench.lib.variants import build_repos
 
-from bench.make_repo import MODEL, SEQ  # noqa: E402
-from bench.ratio import build_repos, pa_path, proc_cpu, proc_cpu_path  # noqa: E402
+LOADS = (
+    ("c=1", perf_analyzer.concurrency(1)),
+    ("c=64", perf_analyzer.concurrency(64)),
+    ("300/s paced", ["--request-rate-range", "300:300"]),
+)
+FLAGS = ["-p", "3000", "-s", "1000", "-r", "3"]
 
 
 def serve(loop: str) -> None:
@@ -99,7 +105,9 @@ def serve(loop: str) -> None:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(Cached(), server)  # type: ignore[abstract]
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
+        # the lines bench.lib.daemon waits for, as the daemon logs them
         print(json.dumps({"event": "listening", "grpc_port": port}), flush=True)
+        print(json.dumps({"event": "ready"}), flush=True)
         await server.wait_for_termination()
 
     if loop == "uvloop":
@@ -108,6 +116,33 @@ def serve(loop: str) -> None:
         uvloop.run(run())
     else:
         asyncio.run(run())
+
+
+def measure(
+    pa: str, server: Daemon, data: Path, work: Path, label: str, load: list[str], streaming: bool
+) -> str:
+    """One perf_analyzer run, and the server's CPU per request over it."""
+    csv_path = work / "run.csv"
+    csv_path.unlink(missing_ok=True)
+    cmd = perf_analyzer.command(
+        pa, server.port, data, load, csv_path, FLAGS, 60, streaming=streaming
+    )
+    loop0, all0, wall0 = main_thread_cpu(server.pid), process_cpu(server.pid), time.monotonic()
+    text, rc = perf_analyzer.invoke(cmd, 80)
+    wall = time.monotonic() - wall0
+    loop_s = main_thread_cpu(server.pid) - loop0
+    all_s = process_cpu(server.pid) - all0
+    if rc != 0 or not csv_path.is_file():
+        return f"{label}: perf_analyzer failed (rc {rc})\n{text[-2000:]}"
+    row = perf_analyzer.read_row(csv_path)
+    per_s = float(row["Inferences/Second"])
+    served = per_s * wall  # requests over the whole run, windows and warm-up alike
+    return (
+        f"{label}: {per_s:.0f} infer/s, p50 {int(row['p50 latency']) / 1e3:.2f} ms, "
+        f"p99 {int(row['p99 latency']) / 1e3:.2f} ms; server CPU per request ≈ "
+        f"{1e6 * loop_s / served:.0f} µs event-loop thread, "
+        f"{1e6 * all_s / served:.0f} µs whole process"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -120,52 +155,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve:
         serve(args.loop)
         return 0
-    pa = pa_path(args.pa)
+    pa = perf_analyzer.find(args.pa)
     _, data = build_repos(BENCH / ".ratio", [], rebuild=False)
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", "--loop", args.loop],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        assert proc.stdout is not None
-        port = int(json.loads(proc.stdout.readline())["grpc_port"])
-        loop_stat = Path(f"/proc/{proc.pid}/task/{proc.pid}/stat")
-        for label, mode in (
-            ("c=1", ["--concurrency-range", "1:1"]),
-            ("c=64", ["--concurrency-range", "64:64"]),
-            ("300/s paced", ["--request-rate-range", "300:300"]),
-        ):
-            loop0, all0, wall0 = proc_cpu_path(loop_stat), proc_cpu(proc.pid), time.monotonic()
-            out = subprocess.run(
-                ["timeout", "-k", "5", "60", pa, "-i", "grpc", "-u", f"127.0.0.1:{port}",
-                 "-m", MODEL, "-b", "1", "--shape", f"input_ids:{SEQ}",
-                 "--shape", f"attention_mask:{SEQ}", "--input-data", str(data),
-                 *mode, *(["--streaming"] if args.streaming else []),
-                 "-p", "3000", "-s", "1000", "-r", "3"],
-                capture_output=True, text=True, timeout=80, check=False,
-            )  # fmt: skip
-            wall = time.monotonic() - wall0
-            loop_s, all_s = proc_cpu_path(loop_stat) - loop0, proc_cpu(proc.pid) - all0
-            text = out.stdout + out.stderr
-            rate = [line for line in text.splitlines() if "Throughput:" in line]
-            p50 = [line for line in text.splitlines() if "p50 latency" in line]
-            p99 = [line for line in text.splitlines() if "p99 latency" in line]
-            if out.returncode != 0 or not rate:
-                print(f"{label}: perf_analyzer failed (rc {out.returncode})\n{text[-2000:]}")
-                continue
-            per_s = float(rate[-1].split()[1])
-            served = per_s * wall  # requests over the whole run, windows and warm-up alike
-            print(
-                f"{label}: {per_s:.0f} infer/s, p50 {int(p50[-1].split()[2]) / 1e3:.2f} ms, "
-                f"p99 {int(p99[-1].split()[2]) / 1e3:.2f} ms; server CPU per request ≈ "
-                f"{1e6 * loop_s / served:.0f} µs event-loop thread, "
-                f"{1e6 * all_s / served:.0f} µs whole process"
-            )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    cmd = [sys.executable, "-m", "bench.grpc_floor", "--serve", "--loop", args.loop]
+    with tempfile.TemporaryDirectory(prefix="ortserve-grpc-floor-") as work:
+        server = Daemon(cmd, Path(work) / "server.log")
+        with running([server]):
+            for label, load in LOADS:
+                print(measure(pa, server, data, Path(work), label, load, args.streaming))
     return 0
 
 

@@ -1,6 +1,6 @@
 """Build the perf_analyzer benchmark repository: model ``encoder`` + an input-data JSON file.
 
-    .venv/bin/python bench/make_repo.py [REPO]      # default: bench/.repo
+    .venv/bin/python -m bench.make_repo [REPO]      # default: bench/.repo
 
 Writes REPO/encoder/1/model.onnx (tests/factories/onnx_models.py's encoder_model()),
 REPO/encoder/config.pbtxt (max_batch_size 64, intra_op_thread_count "2") and the
@@ -12,20 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from bench.lib import BENCH
+from bench.lib.encoder import MODEL, SEQ, VOCAB, input_data
 from tests.factories.onnx_models import encoder_model, write_model
-
-BENCH = Path(__file__).resolve().parent
-MODEL = "encoder"
-SEQ = 32
-VOCAB = 30522
 
 CONFIG = """\
 name: "encoder"
@@ -36,19 +27,6 @@ parameters {
   value: { string_value: "2" }
 }
 """
-
-
-def input_data(seq: int = SEQ, vocab: int = VOCAB, seed: int = 0) -> dict[str, Any]:
-    """perf_analyzer --input-data: one row of ids within the vocabulary and an all-ones mask."""
-    ids = np.random.default_rng(seed).integers(1, vocab, size=seq, dtype=np.int64)
-    return {
-        "data": [
-            {
-                "input_ids": {"content": [int(v) for v in ids], "shape": [seq]},
-                "attention_mask": {"content": [1] * seq, "shape": [seq]},
-            }
-        ]
-    }
 
 
 def build(repo: Path) -> Path:

@@ -1,6 +1,6 @@
 """CPU per request of the daemon's Python data plane, ONNX Runtime replaced by a no-op.
 
-    .venv/bin/python bench/overhead.py [--concurrency 1 64] [--requests 6400] [--profile]
+    .venv/bin/python -m bench.overhead [--concurrency 1 64] [--requests 6400] [--profile]
 
 In process, no gRPC: protobuf parse, codec decode, InferenceService.infer (checks, batcher,
 statistics, metrics) and response encode + serialize, timed with the thread's CPU clock (so a
@@ -16,7 +16,6 @@ import asyncio
 import cProfile
 import io
 import pstats
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,28 +23,17 @@ from typing import Any
 
 import numpy as np
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH.parent))
-
-from bench.make_repo import MODEL  # noqa: E402
-from bench.ratio import build_repos, feed_row  # noqa: E402
+from bench.lib import BENCH
+from bench.lib.encoder import MODEL, feed_row
+from bench.lib.inprocess import data_plane
+from bench.lib.variants import build_repos
 
 
 async def measure(repo: Path, concurrency: int, requests: int, profile: bool) -> str:
-    import structlog
-
-    from ortserve.inference import InferenceService
-    from ortserve.observability.metrics import Metrics
     from ortserve.protocol import codec
-    from ortserve.registry.registry import ModelRegistry
     from ortserve_client.proto import grpc_service_pb2 as pb
 
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
-    metrics = Metrics()
-    registry = ModelRegistry(repo, 32, metrics)
-    await registry.load_all()
-    try:
-        served = registry.resolve(MODEL)
+    async with data_plane(repo) as (served, service):
         zeros = np.zeros((64, 384), np.float32)
 
         async def no_op_run(feeds: Mapping[str, Any], outputs: Sequence[str]) -> list[Any]:
@@ -54,7 +42,6 @@ async def measure(repo: Path, concurrency: int, requests: int, profile: bool) ->
             return [zeros[:rows]]
 
         served.sessions.run = no_op_run  # type: ignore[method-assign]
-        service = InferenceService(registry, metrics)
         request = pb.ModelInferRequest(model_name=MODEL)
         for name, array in feed_row().items():
             request.inputs.add(name=name, datatype="INT64", shape=list(array.shape))
@@ -83,7 +70,8 @@ async def measure(repo: Path, concurrency: int, requests: int, profile: bool) ->
         for _ in range(200):  # warm-up
             await one()
         stages.update(dict.fromkeys(stages, 0.0))
-        before = served.executor.batcher.stats
+        stats = served.recorder.statistics
+        before = (stats.success.count, stats.execution_count)
         profiler = cProfile.Profile() if profile else None
         cpu0 = time.thread_time()
         if profiler is not None:
@@ -92,9 +80,8 @@ async def measure(repo: Path, concurrency: int, requests: int, profile: bool) ->
         if profiler is not None:
             profiler.disable()
         cpu = time.thread_time() - cpu0
-        after = served.executor.batcher.stats
-        done = after.requests_executed - before.requests_executed
-        batches = after.batches_executed - before.batches_executed
+        done = stats.success.count - before[0]
+        batches = stats.execution_count - before[1]
         rest = cpu - sum(stages.values())
         text = (
             f"c={concurrency}: {done} requests, mean batch {done / max(batches, 1):.1f}: "
@@ -108,8 +95,6 @@ async def measure(repo: Path, concurrency: int, requests: int, profile: bool) ->
             pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(20)
             text += "\n" + out.getvalue()
         return text
-    finally:
-        await registry.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

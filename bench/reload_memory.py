@@ -1,6 +1,6 @@
 """RSS of the daemon over many load/swap/unload cycles of a ~50 MB model (hot-reload memory).
 
-    .venv/bin/python bench/reload_memory.py [--cycles 100] [--settle 0.2]
+    .venv/bin/python -m bench.reload_memory [--cycles 100] [--settle 0.2]
 
 Each cycle publishes a new version by atomic rename (the daemon loads it beside the serving one,
 swaps, drains and closes the old one), serves a request from it, and every tenth cycle also
@@ -13,26 +13,16 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from ortserve_client import Client  # noqa: E402
-from tests.conftest import start_daemon  # noqa: E402
-from tests.factories.onnx_models import encoder_model  # noqa: E402
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+from bench.lib.daemon import serving
+from bench.lib.procstat import rss_mb
+from ortserve_client import Client
+from tests.factories.onnx_models import encoder_model
 
 
 def main() -> int:
@@ -56,13 +46,15 @@ def main() -> int:
         os.rename(staging, repo / "m" / str(version))
 
     publish(1)
-    daemon = start_daemon(repo, work / "daemon.log", "--settle-seconds", str(args.settle),
-                          "--enable-repository-control", "--log-level", "info")  # fmt: skip
     feeds = {"input_ids": np.ones((1, 16), np.int64), "attention_mask": np.ones((1, 16), np.int64)}
     samples: list[tuple[int, float]] = []
     deadline = time.monotonic() + args.time_limit
+    extra = ("--settle-seconds", str(args.settle), "--enable-repository-control")
     try:
-        with Client(daemon.address, timeout=60, validate=False) as client:
+        with (
+            serving(repo, work / "daemon.log", *extra, "--log-level", "info", metrics_port=0) as d,
+            Client(d.address, timeout=60, validate=False) as client,
+        ):
             for cycle in range(2, args.cycles + 2):
                 if time.monotonic() > deadline:
                     print("time limit reached", flush=True)
@@ -79,10 +71,9 @@ def main() -> int:
                     client.load_model("m")
                 if cycle in (6, args.cycles + 1) or cycle % 10 == 0:
                     time.sleep(0.5)  # let the drained version close
-                    samples.append((cycle - 1, rss_mb(daemon.process.pid)))
+                    samples.append((cycle - 1, rss_mb(d.pid)))
                     print(f"cycle {cycle - 1:4d}: RSS {samples[-1][1]:7.1f} MB", flush=True)
     finally:
-        daemon.stop()
         shutil.rmtree(work, ignore_errors=True)
     base = next(mb for cycle, mb in samples if cycle >= 5)
     print(f"RSS after 5 warm-up cycles: {base:.1f} MB; after {samples[-1][0]} cycles: "

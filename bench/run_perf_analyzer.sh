@@ -3,10 +3,10 @@
 #
 #   bench/run_perf_analyzer.sh [CONCURRENCY...]      # default: 1 8 32
 #
-# Builds bench/.repo (bench/make_repo.py), starts the daemon on 127.0.0.1 and a free port,
+# Builds bench/.repo (python -m bench.make_repo), starts the daemon on 127.0.0.1 and a free port,
 # waits for "ready", runs perf_analyzer (each run under `timeout 300`), stops the daemon.
 # Results: bench/results/<UTC time>/{c<N>.csv,c<N>.log,daemon.log,uptime.txt}; uptime.txt also
-# holds bench/ort_probe.py's in-process ORT rate before and after (the host's noise level).
+# holds bench.ort_probe's in-process ORT rate before and after (the host's noise level).
 # Env: PYTHON (default .venv/bin/python), PA (perf_analyzer; default: the shared setup script's
 # wrapper), PA_FLAGS (default "-p 3000 -s 25 -r 6"), PA_LOOSE_FLAGS (default "-p 3000 -s 40 -r 10":
 # used for a second try when perf_analyzer cannot stabilize with PA_FLAGS; the log says which).
@@ -21,7 +21,7 @@ read -r -a concurrencies <<<"${concurrencies[*]}"
 out=bench/results/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
 
-"$PYTHON" bench/make_repo.py bench/.repo >/dev/null
+"$PYTHON" -m bench.make_repo bench/.repo >/dev/null
 data=bench/.repo/encoder-input-seq32.json
 port=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
@@ -37,7 +37,7 @@ for _ in $(seq 120); do
 done
 grep -q '] ready ' "$out/daemon.log" || { echo "daemon not ready after 60 s" >&2; exit 1; }
 
-{ echo "before: $(uptime)"; echo "before: $("$PYTHON" bench/ort_probe.py bench/.repo)"; } \
+{ echo "before: $(uptime)"; echo "before: $("$PYTHON" -m bench.ort_probe bench/.repo)"; } \
   >"$out/uptime.txt"
 run_pa() {  # CONCURRENCY FLAGS...
   local c=$1
@@ -61,7 +61,7 @@ for c in "${concurrencies[@]}"; do
   fi
   echo "$(head -n 1 "$out/c$c.log" | cut -c 8-) | $(tail -n 1 "$out/c$c.csv")"
 done
-{ echo "after:  $(uptime)"; echo "after:  $("$PYTHON" bench/ort_probe.py bench/.repo)"; } \
+{ echo "after:  $(uptime)"; echo "after:  $("$PYTHON" -m bench.ort_probe bench/.repo)"; } \
   >>"$out/uptime.txt"
 cat "$out/uptime.txt"
 echo "results: $out"

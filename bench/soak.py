@@ -1,6 +1,6 @@
 """A soak at moderate load: no failed request, no RSS growth trend.
 
-    .venv/bin/python bench/soak.py [--seconds 120] [--clients 8] [--rate 200]
+    .venv/bin/python -m bench.soak [--seconds 120] [--clients 8] [--rate 200]
 
 Runs the synthetic encoder (bench/make_repo.py's model) on a daemon on 127.0.0.1, with
 ``--clients`` asyncio clients sending single-row requests at about ``--rate`` requests/s in all,
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -21,24 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from ortserve_client import AsyncClient, InferenceServerError  # noqa: E402
-from tests.conftest import start_daemon  # noqa: E402
-from tests.factories.onnx_models import encoder_model, write_model  # noqa: E402
+from bench.lib.daemon import serving
+from bench.lib.procstat import rss_mb
+from ortserve_client import AsyncClient, InferenceServerError
+from tests.factories.onnx_models import encoder_model, write_model
 
 CONFIG = """max_batch_size: 64
 dynamic_batching { }
 parameters { key: "intra_op_thread_count" value: { string_value: "2" } }
 """
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 async def load(
@@ -81,13 +71,14 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ortserve-soak-"))
     write_model(work / "repo", "encoder", encoder_model(), config=CONFIG)
-    daemon = start_daemon(work / "repo", work / "daemon.log", "--log-level", "info")
+    log = work / "daemon.log"
     try:
-        outcomes, samples = asyncio.run(
-            load(daemon.address, args.seconds, args.clients, args.rate, daemon.process.pid)
-        )
+        with serving(work / "repo", log, "--log-level", "info", metrics_port=0) as daemon:
+            outcomes, samples = asyncio.run(
+                load(daemon.address, args.seconds, args.clients, args.rate, daemon.pid)
+            )
+            code = daemon.stop()
     finally:
-        code = daemon.stop()
         shutil.rmtree(work, ignore_errors=True)
     for t, mb in samples:
         print(f"t={t:6.1f}s RSS {mb:7.1f} MB")

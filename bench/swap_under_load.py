@@ -1,8 +1,8 @@
 """Hot swaps under load: perf_analyzer at concurrency 32 while new versions are published.
 
-    .venv/bin/python bench/swap_under_load.py [--every 3] [--seconds 30]
+    .venv/bin/python -m bench.swap_under_load [--every 3] [--seconds 30]
 
-Builds the synthetic encoder repository (bench/make_repo.py), starts the daemon on 127.0.0.1,
+Builds the synthetic encoder repository (bench.make_repo), starts the daemon on 127.0.0.1,
 then runs perf_analyzer twice at concurrency 32 for the same time: once in steady state, once
 while a new version is published every ``--every`` seconds (by atomic rename, as the exporter
 does; the old one is deleted after the swap). perf_analyzer stops with an error on the first
@@ -12,39 +12,30 @@ failed request, so a clean run means zero failed requests. Prints throughput and
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from make_repo import MODEL, build  # noqa: E402
-from ratio import pa_path  # noqa: E402
-
-from ortserve_client import Client  # noqa: E402
-from tests.conftest import start_daemon  # noqa: E402
+from bench.lib import perf_analyzer
+from bench.lib.daemon import serving
+from bench.lib.encoder import MODEL
+from bench.make_repo import build
+from ortserve_client import Client
 
 
 def run_pa(pa: str, port: int, data: Path, out: Path, seconds: float) -> dict[str, str]:
-    windows = max(int(seconds // 5), 1)
-    limit = str(int(seconds) + 60)
-    cmd = ["timeout", "-k", "5", limit, pa, "-i", "grpc", "-u", f"127.0.0.1:{port}", "-m", MODEL,
-           "-b", "1", "--shape", "input_ids:32", "--shape", "attention_mask:32",
-           "--input-data", str(data), "--concurrency-range", "32:32", "-p", "5000",
-           "-r", str(windows), "-s", "1000", "-f", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 90)
-    if proc.returncode != 0 or not out.is_file():
-        tail = (proc.stdout + proc.stderr)[-2000:]
-        raise RuntimeError(f"perf_analyzer failed (rc {proc.returncode}):\n{tail}")
-    return next(csv.DictReader(out.open()))
+    """Closed loop of 32 clients in 5 s windows for ``seconds``; the CSV row. Any failed
+    request stops perf_analyzer: an error here means one failed."""
+    flags = ["-p", "5000", "-r", str(max(int(seconds // 5), 1)), "-s", "1000"]
+    load = perf_analyzer.concurrency(32)
+    cmd = perf_analyzer.command(pa, port, data, load, out, flags, int(seconds) + 60)
+    text, rc = perf_analyzer.invoke(cmd, seconds + 90)
+    if rc != 0 or not out.is_file():
+        raise RuntimeError(f"perf_analyzer failed (rc {rc}):\n{text[-2000:]}")
+    return perf_analyzer.read_row(out)
 
 
 def swapper(
@@ -75,27 +66,27 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each measurement")
     parser.add_argument("--pa", help="perf_analyzer path (default: the shared setup script's)")
     args = parser.parse_args()
-    pa = pa_path(args.pa)
+    pa = perf_analyzer.find(args.pa)
     work = Path(tempfile.mkdtemp(prefix="ortserve-swap-"))
     repo = work / "repo"
     data = build(repo)
-    daemon = start_daemon(repo, work / "daemon.log", "--settle-seconds", "1", "--log-level", "info")
     swaps: list[float] = []
+    extra = ("--settle-seconds", "1", "--log-level", "info")
     try:
-        steady = run_pa(pa, daemon.port, data, work / "steady.csv", args.seconds)
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=swapper, args=(repo, args.every, stop, daemon.address, swaps)
-        )
-        thread.start()
-        try:
-            swapping = run_pa(pa, daemon.port, data, work / "swapping.csv", args.seconds)
-        finally:
-            stop.set()
-            thread.join(120)
-    finally:
-        daemon.stop()
+        with serving(repo, work / "daemon.log", *extra, metrics_port=0) as daemon:
+            steady = run_pa(pa, daemon.port, data, work / "steady.csv", args.seconds)
+            stop = threading.Event()
+            thread = threading.Thread(
+                target=swapper, args=(repo, args.every, stop, daemon.address, swaps)
+            )
+            thread.start()
+            try:
+                swapping = run_pa(pa, daemon.port, data, work / "swapping.csv", args.seconds)
+            finally:
+                stop.set()
+                thread.join(120)
         log = (work / "daemon.log").read_text()
+    finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"{len(swaps)} swaps during the second run (each served within "
           f"{max(swaps, default=0):.2f} s of its rename); 'unexpected error' in the log: "

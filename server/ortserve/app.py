@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import re
@@ -10,7 +11,7 @@ import signal
 import ssl
 import sys
 import tempfile
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
@@ -19,21 +20,25 @@ from pathlib import Path
 import grpc
 import structlog
 
-from ortserve.errors import OrtserveError
+from ortserve.daemon import Daemon
 from ortserve.inference import InferenceService
+from ortserve.lifecycle import Admission, Lifecycle
 from ortserve.observability.metrics import Metrics
 from ortserve.protocol.auth import TokenInterceptor, read_tokens
 from ortserve.protocol.health import Health, enable_reflection
 from ortserve.protocol.servicer import InferenceServicer
 from ortserve.protocol.status import ErrorInterceptor, ShutdownHold
-from ortserve.registry.registry import ModelRegistry
-from ortserve.repository.watcher import RepositoryWatcher, SettleTracker
+from ortserve.registry.models import ModelRegistry
+from ortserve.registry.versions import load_version
+from ortserve.repository.scan import RepositoryScanner
+from ortserve.repository.settle import SettleTracker
+from ortserve.repository.watcher import RepositoryWatcher
 from ortserve.settings import ServeSettings
 from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
 
 log = structlog.get_logger("ortserve")
 
-#: The GIL's switch interval while serving (CPython's default is 5 ms); see serve().
+#: The GIL's switch interval while serving (CPython's default is 5 ms); see _tune_for_serving().
 SWITCH_INTERVAL_S = 0.0005
 
 
@@ -46,97 +51,6 @@ def version() -> str:
 
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-
-
-async def _shut_down(
-    settings: ServeSettings,
-    server: grpc.aio.Server,
-    servicer: InferenceServicer,
-    inference: InferenceService,
-    health: Health,
-    watcher: RepositoryWatcher | None,
-    registry: ModelRegistry,
-    loop: asyncio.AbstractEventLoop,
-) -> None:
-    """In order: say NOT_SERVING, keep serving for the drain delay (load balancers move away),
-    refuse new requests with UNAVAILABLE (retried elsewhere), let admitted ones finish within the
-    grace period (open streams end with UNAVAILABLE once theirs are answered), stop the server,
-    close the sessions. A second signal stops at once."""
-    log.info("stopping", drain_seconds=settings.drain_seconds, grace_seconds=settings.grace_seconds)
-    servicer.ready = False
-    await health.set_server(False)
-    graceful = asyncio.ensure_future(
-        _drain(settings, server, inference, servicer.hold, watcher, loop)
-    )
-
-    def at_once() -> None:
-        if not graceful.done():
-            log.warning("second signal: stopping at once")
-            graceful.cancel()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, at_once)
-    await asyncio.wait([graceful])
-    if graceful.cancelled():
-        await server.stop(0)  # cancels what is still running; its callers get CANCELLED
-    else:
-        graceful.result()
-    await registry.close()
-    log.info("requests", admitted=inference.admitted, answered=inference.answered)
-
-
-#: Before the server stops, new calls are held (``ShutdownHold``) until neither a call nor a
-#: stream message has arrived for this long (a client that retries at once, held, sends nothing
-#: more), for ``HOLD_MAX_S`` at most, within the grace period.
-HOLD_QUIET_S = 0.1
-HOLD_MAX_S = 1.0
-
-
-async def _drain(
-    settings: ServeSettings,
-    server: grpc.aio.Server,
-    inference: InferenceService,
-    hold: ShutdownHold,
-    watcher: RepositoryWatcher | None,
-    loop: asyncio.AbstractEventLoop,
-) -> None:
-    if watcher is not None:
-        await watcher.aclose()
-    if settings.drain_seconds > 0:
-        await asyncio.sleep(settings.drain_seconds)
-    inference.close_admission()
-    deadline = loop.time() + settings.grace_seconds
-    try:
-        async with asyncio.timeout(settings.grace_seconds):
-            await inference.wait_idle()
-    except TimeoutError:
-        log.warning("requests still running after the grace period; stopping anyway")
-    # A call that reaches gRPC once its stop has begun is cancelled by gRPC itself (CANCELLED,
-    # not UNAVAILABLE: the client cannot tell that it did not run). So new calls are held until
-    # clients are quiet, and let through (to be refused) only once the stop has begun.
-    hold.hold()
-    await hold.until_quiet(HOLD_QUIET_S, min(HOLD_MAX_S, max(deadline - loop.time(), 0.0)))
-    hold.end_streams()
-    stopping = asyncio.ensure_future(server.stop(max(deadline - loop.time(), 0.0) + 0.5))
-    # One step of stop(): gRPC's core stops taking calls and sends each client its GOAWAY, before
-    # stop() first waits; the held calls are answered after that, on the same connections.
-    await asyncio.sleep(0)
-    hold.release()
-    await stopping
-
-
-async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
-    """Run ``work`` unless a stop signal comes first; then cancel it. True if it finished."""
-    task = asyncio.ensure_future(work)
-    stopped = asyncio.ensure_future(stop.wait())
-    await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    if task.done():
-        task.result()
-        return True
-    task.cancel()
-    await asyncio.wait([task])
-    return False
 
 
 def _control_hint(settings: ServeSettings) -> str | None:
@@ -275,53 +189,105 @@ def _check_tls_files(cert: Path, key: Path, client_ca: Path | None) -> None:
             ) from None
 
 
-async def _load_initial(settings: ServeSettings, registry: ModelRegistry) -> None:
-    if settings.model_control_mode != "explicit":
-        await registry.load_all()
-        return
-    for name in settings.load_model:
-        try:
-            await registry.load(name)
-        except OrtserveError as exc:  # one model that cannot load does not stop the daemon
-            log.error("model did not load", model=name, reason=str(exc))
-
-
 async def serve(settings: ServeSettings) -> int:
+    built = build(settings)
+    if built is None:
+        return 2
+    daemon, server = built
+    bound = _bind(settings, server, daemon.metrics)
+    if bound is None:
+        return 2
+    port, metrics_port = bound
+    await daemon.start()
+    log.info(
+        "listening",
+        address=_address(settings.host, port),
+        grpc_port=port,
+        metrics_port=metrics_port,
+        tls=settings.tls_cert is not None,
+        mtls=settings.tls_client_ca is not None,
+        auth=settings.auth_token_file is not None,
+        event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.request_stop)
+    if not await daemon.load():  # a stop signal came first: stopped without serving
+        return 0
+    _tune_for_serving()
+    await daemon.open()
+    await daemon.serve_until_stopped()
+    return 0
+
+
+def build(settings: ServeSettings) -> tuple[Daemon, grpc.aio.Server] | None:
+    """The daemon and its gRPC server, wired and bound to no port yet (None: could not, and
+    the reason is logged)."""
     # Resolved once: watchfiles reports absolute paths, which a relative root (serve.sh passes
     # `model_repo`) would never match, so no change would ever be seen.
     root = settings.model_repository.resolve()
     if not root.is_dir():
         log.error("model repository not found", model_repository=str(root))
-        return 2
+        return None
     metrics = Metrics()
     tracker = SettleTracker(settings.settle_seconds)
+    loader = functools.partial(
+        load_version, default_max_batch_size=settings.default_max_batch_size, metrics=metrics
+    )
     registry = ModelRegistry(
         root,
-        settings.default_max_batch_size,
+        loader,
+        RepositoryScanner(tracker),
         metrics,
-        tracker,
         allow_links_outside=settings.allow_symlinks_outside_repository,
     )
-    inference = InferenceService(registry, metrics)
-    servicer = InferenceServicer(registry, inference, version(), _control_hint(settings))
+    lifecycle = Lifecycle()
+    hold = ShutdownHold()
+    inference = InferenceService(registry, metrics, Admission())
+    servicer = InferenceServicer(
+        registry, inference, version(), lifecycle, hold, _control_hint(settings)
+    )
     try:
         server = _build_server(settings, servicer)
     except (OSError, ValueError) as exc:  # e.g. an unreadable or empty token file
         log.error("cannot start", error=str(exc))
-        return 2
-    health = Health(server)
+        return None
+    health = Health(server, lifecycle)
     registry.on_state_change(health.model_changed)
+    watcher = None
+    if settings.model_control_mode == "poll":
+        watcher = RepositoryWatcher(root, tracker, registry.sync, settings.watch_polling)
+    daemon = Daemon(
+        settings=settings,
+        lifecycle=lifecycle,
+        metrics=metrics,
+        registry=registry,
+        inference=inference,
+        servicer=servicer,
+        health=health,
+        hold=hold,
+        server=server,
+        watcher=watcher,
+    )
+    return daemon, server
+
+
+def _bind(
+    settings: ServeSettings, server: grpc.aio.Server, metrics: Metrics
+) -> tuple[int, int | None] | None:
+    """Bind the gRPC port, and the metrics port unless there is none: the bound ports (None:
+    could not, and the reason is logged)."""
     address = _address(settings.host, settings.grpc_port)
     try:
         credentials = _server_credentials(settings)
     except (OSError, ValueError) as exc:  # a missing, unreadable or wrong TLS file
         log.error("cannot start", error=str(exc))
-        return 2
+        return None
     try:
         port = _listen(server, address, credentials)
     except OSError as exc:
         log.error("cannot listen", address=address, error=str(exc))
-        return 2
+        return None
     metrics_port = None
     wanted_metrics_port = settings.metrics_port_to_bind()
     if wanted_metrics_port >= 0:
@@ -334,34 +300,12 @@ async def serve(settings: ServeSettings) -> int:
                 error=exc.strerror or str(exc),
                 hint="pick another --metrics-port, 0 for a free one, or -1 for none",
             )
-            return 2
-    await server.start()
-    await health.set_server(False)
-    log.info(
-        "listening",
-        address=_address(settings.host, port),
-        grpc_port=port,
-        metrics_port=metrics_port,
-        tls=settings.tls_cert is not None,
-        mtls=settings.tls_client_ca is not None,
-        auth=settings.auth_token_file is not None,
-        event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
-    )
+            return None
+    return port, metrics_port
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
 
-    if not await _unless_stopped(_load_initial(settings, registry), stop):
-        # Never ready, so no traffic to drain. A version already loading in a worker thread
-        # finishes there before the process can exit.
-        log.info("stopping during start-up: models not all loaded")
-        await server.stop(0)
-        await registry.close()
-        log.info("stopped")
-        return 0
-    registry.started = True
+def _tune_for_serving() -> None:
+    """Once start-up is done, before the first request."""
     # What start-up built (sessions, configs, modules) lives on: keep the collector off it, and
     # let it run less often, so that it stays off the request path.
     gc.freeze()
@@ -371,16 +315,3 @@ async def serve(settings: ServeSettings) -> int:
     # between batches at 0.5 ms; bench/README.md).
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     gc.set_threshold(10_000, 20, 20)
-    watcher = None
-    if settings.model_control_mode == "poll":
-        watcher = RepositoryWatcher(root, tracker, registry.sync, settings.watch_polling)
-        watcher.start()
-    await health.set_models((name, registry.is_ready(name)) for name in registry.names())
-    servicer.ready = True
-    await health.set_server(True)
-    log.info("ready", models=registry.names(), model_control_mode=settings.model_control_mode)
-
-    await stop.wait()
-    await _shut_down(settings, server, servicer, inference, health, watcher, registry, loop)
-    log.info("stopped")
-    return 0

@@ -1,4 +1,4 @@
-"""One served version's execution: its batcher feeding its ONNX Runtime sessions; its statistics.
+"""One served version's execution: its batcher feeding its ONNX Runtime sessions; its recorder.
 
 The seam between ``batching`` (which knows nothing of ONNX Runtime) and ``runtime`` (which knows
 nothing of batches): ``run_batch`` stacks the requests' feeds, runs them once and splits the
@@ -8,11 +8,12 @@ outputs back by rows, timing each step for Triton-style statistics.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from ortserve.adapters import Padding
 from ortserve.batching import (
     Batch,
     DynamicBatcher,
@@ -22,8 +23,8 @@ from ortserve.batching import (
     split_outputs,
     stack_feeds,
 )
-from ortserve.observability.metrics import Metrics
-from ortserve.observability.statistics import ComputeTimes, VersionStatistics
+from ortserve.observability.recorder import VersionRecorder
+from ortserve.observability.statistics import ComputeTimes
 from ortserve.runtime.session import ModelSessions
 from ortserve_client.proto import model_config_pb2 as mc
 from ortserve_client.tensors import Array
@@ -39,7 +40,7 @@ class ItemResult:
     batch_rows: int
     queue_ns: int
     times: ComputeTimes
-    padding_ratio: float = 1.0  # padded tokens / real tokens of the batch (text models)
+    padding_ratio: float = 1.0  # padded / real positions of a padded batch (Padding)
 
 
 def merge_results(parts: Sequence[ItemResult]) -> ItemResult:
@@ -63,7 +64,7 @@ def merge_results(parts: Sequence[ItemResult]) -> ItemResult:
 
 
 class VersionExecutor:
-    """Runs one model version's requests through its batcher; owns its statistics."""
+    """Runs one model version's requests through its batcher; records its batch runs."""
 
     def __init__(
         self,
@@ -71,20 +72,17 @@ class VersionExecutor:
         config: mc.ModelConfig,
         sessions: ModelSessions,
         source: str,
-        metrics: Metrics | None = None,
-        pad_values: Mapping[str, int] | None = None,
-        sequence_outputs: Collection[str] = (),
+        recorder: VersionRecorder | None = None,
+        padding: Padding | None = None,
     ) -> None:
-        """``pad_values``: for text models, the pad value of each token input; requests are
-        then padded to the batch's longest and ``sequence_outputs`` trimmed back."""
+        """``padding`` (from the version's adapter): requests submitted with a ``length`` are
+        padded to their batch's longest, and its sequence outputs trimmed back."""
         self.name = name
-        self.statistics = VersionStatistics()
+        self.recorder = recorder if recorder is not None else VersionRecorder()
         self._sessions = sessions
         self._batched = config.max_batch_size > 0
         self._output_names = [output.name for output in config.output]
-        self.metrics = metrics.model(config.name) if metrics is not None else None
-        self._pad_values = pad_values
-        self._sequence_outputs = frozenset(sequence_outputs)
+        self._padding = padding
         self.batcher: DynamicBatcher[Feeds, ItemResult] = DynamicBatcher(
             self._run_batch,
             policy_from_config(config, source),
@@ -107,9 +105,9 @@ class VersionExecutor:
         deadline: float | None = None,
         length: int | None = None,
     ) -> ItemResult:
-        """``length``: tokens per row of a text request (paddable: batched with any length)."""
+        """``length``: positions per row of a paddable request (batched with any length)."""
         rows = feed_rows(feeds) if self._batched else 1
-        paddable = length is not None and self._pad_values is not None
+        paddable = length is not None and self._padding is not None
         return await self.batcher.submit(
             feeds,
             rows=rows,
@@ -123,37 +121,33 @@ class VersionExecutor:
     async def _run_batch(self, batch: Batch[Feeds]) -> Sequence[ItemResult]:
         start = time.perf_counter_ns()
         lengths = batch.lengths
-        stacked = stack_feeds(batch.payloads, self._pad_values if lengths else None)
+        padding = self._padding if lengths else None
+        stacked = stack_feeds(batch.payloads, padding.values if padding else None)
         stacked_at = time.perf_counter_ns()
         arrays = await self._sessions.run(stacked, self._output_names)
         ran_at = time.perf_counter_ns()
         outputs = dict(zip(self._output_names, arrays, strict=True))
         if self._batched:
-            pieces = split_outputs(outputs, batch.row_counts, lengths, self._sequence_outputs)
+            trimmed = padding.sequence_outputs if padding else ()
+            pieces = split_outputs(outputs, batch.row_counts, lengths, trimmed)
         else:
             pieces = [outputs]
         times = ComputeTimes(
             stacked_at - start, ran_at - stacked_at, time.perf_counter_ns() - ran_at
         )
-        ratio = self._padding(stacked) if lengths else 1.0
+        ratio = self._padding_ratio(stacked, padding) if padding else 1.0
         rows = batch.rows
-        self.statistics.record_execution(rows, times)
-        if self.metrics is not None:
-            self.metrics.batch_size.observe(rows)
-            self.metrics.compute.observe((times.input_ns + times.infer_ns + times.output_ns) / 1e9)
+        self.recorder.execution(rows, times)
         return [
             ItemResult(piece, rows, item.queue_ns, times, ratio)
             for piece, item in zip(pieces, batch.items, strict=True)
         ]
 
-    def _padding(self, stacked: Mapping[str, Array]) -> float:
-        """Padded tokens / real tokens of a text batch; counted in statistics and metrics."""
-        mask = stacked.get("attention_mask")
-        ids = stacked["input_ids"]
-        padded = int(ids.shape[0] * ids.shape[1])
+    def _padding_ratio(self, stacked: Mapping[str, Array], padding: Padding) -> float:
+        """Padded / real positions of a padded batch; recorded as tokens."""
+        mask = stacked.get(padding.mask_input) if padding.mask_input else None
+        shape = next(iter(stacked.values())).shape  # every padded input: [rows, longest, ...]
+        padded = int(shape[0] * shape[1])
         real = int(mask.sum()) if mask is not None else padded
-        self.statistics.record_tokens(real, padded)
-        if self.metrics is not None:
-            self.metrics.real_tokens.inc(real)
-            self.metrics.padded_tokens.inc(padded)
+        self.recorder.tokens(real, padded)
         return padded / max(real, 1)

@@ -1,4 +1,8 @@
-"""The data plane: resolve the version, check the inputs against its config, run, shape the answer.
+"""The data plane: resolve the version, prepare the request, batch and run it, finish the answer.
+
+What a request is before and after the batcher is the version's adapter's business
+(``ortserve.adapters``: a tensor model's, or a text task's); the path here is the same for every
+kind of model. What happened to it is recorded once, in the version's recorder.
 
 Transport-free: protocol/ turns gRPC messages into an ``InferRequest`` and an ``InferResponse``
 back into a message.
@@ -8,18 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from ortserve.adapters import OutputTensor, Prepared
 from ortserve.errors import InvalidInput, ModelNotReady, OrtserveError
 from ortserve.execution import ItemResult, merge_results
-from ortserve.observability.metrics import Metrics, reason_label
-from ortserve.registry.registry import ModelRegistry
+from ortserve.lifecycle import Admission
+from ortserve.observability.metrics import Metrics
+from ortserve.observability.recorder import count_failure
+from ortserve.registry.models import ModelRegistry
 from ortserve.registry.versions import ServedVersion
-from ortserve.text.tasks import top_k
-from ortserve.text.tokenization import Encoded
-from ortserve.validation import check_inputs, check_outputs
 from ortserve_client.tensors import Array, DecodedTensor
 
 
@@ -35,13 +41,6 @@ class InferRequest:
     classification: dict[str, int] = field(default_factory=dict)  # output -> top k asked
 
 
-@dataclass(frozen=True, slots=True)
-class OutputTensor:
-    name: str
-    datatype: str
-    array: Array
-
-
 @dataclass(slots=True)
 class InferResponse:
     model_name: str
@@ -52,37 +51,23 @@ class InferResponse:
 
 
 class InferenceService:
-    def __init__(self, registry: ModelRegistry, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: Metrics | None = None,
+        admission: Admission | None = None,
+    ) -> None:
         self._registry = registry
         self._metrics = metrics
-        self._closing = False
-        self.admitted = 0  # requests taken in; each is answered (result or error) exactly once
-        self.answered = 0
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def close_admission(self) -> None:
-        """From now on, new requests get UNAVAILABLE (clients retry them elsewhere)."""
-        self._closing = True
-
-    async def wait_idle(self) -> None:
-        """Until every admitted request has been answered."""
-        await self._idle.wait()
+        # Requests taken in and answered, and the refusal of new ones once a shutdown has begun:
+        # the daemon owns it (its shutdown closes it, waits on it and logs its counts).
+        self.admission = admission if admission is not None else Admission()
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        if self._closing:
+        if not self.admission.open:
             raise ModelNotReady("the server is shutting down; send the request to another replica")
-        self._in_flight += 1
-        self.admitted += 1
-        self._idle.clear()
-        try:
+        with self.admission.counted():
             return await self._infer(request)
-        finally:
-            self.answered += 1
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
 
     async def _infer(self, request: InferRequest) -> InferResponse:
         started = time.perf_counter_ns()
@@ -90,15 +75,11 @@ class InferenceService:
         try:
             # The lease keeps this version's sessions open until the answer is built, even if
             # a newer version is swapped in meanwhile.
-            with self._registry.lease(request.model_name, request.model_version) as served:
-                metrics = served.executor.metrics
-                if metrics is not None:
-                    metrics.pending.inc()
-                try:
-                    return await self._run(served, request)
-                finally:
-                    if metrics is not None:
-                        metrics.pending.dec()
+            with (
+                self._registry.lease(request.model_name, request.model_version) as served,
+                served.recorder.pending(),
+            ):
+                return await self._run(served, request)
         except (OrtserveError, asyncio.CancelledError) as exc:
             self._failed(served, exc, started, request.model_name)
             raise
@@ -106,45 +87,29 @@ class InferenceService:
     async def _run(self, served: ServedVersion, request: InferRequest) -> InferResponse:
         started = time.perf_counter_ns()
         priority, timeout_us = _queue_parameters(request.parameters)
-        prepared = await _prepare(served, request)
+        adapter = served.adapter
+        prepared = await adapter.prepare(request.inputs, request.outputs)
         unknown = set(request.classification) - set(prepared.outputs)
         if unknown:
             raise InvalidInput(f"classification asked for outputs not requested: {sorted(unknown)}")
         deadline = None
         if request.timeout_s is not None:
             deadline = asyncio.get_running_loop().time() + request.timeout_s
-        encoded = prepared.encoded
         result = await _submit(served, prepared, priority, timeout_us, deadline)
-        times = result.times
-        wire_types = served.output_types
-        tensors = {
-            name: OutputTensor(name, wire_types[name], array)
-            for name, array in result.outputs.items()
-        }
-        if encoded is not None and served.text is not None:
-            for task_output in served.text.finish(encoded, result.outputs):
-                tensors[task_output.name] = OutputTensor(
-                    task_output.name, task_output.datatype, task_output.array
-                )
-        _classification(
-            tensors, request.classification, served.text.labels if served.text else None
-        )
+        tensors = adapter.finish(prepared, result.outputs)
+        _classification(tensors, request.classification, adapter.labels)
         # Counted once the answer is built: a request that fails in post-processing is a failure.
-        rows = prepared.client_rows if served.model_config.max_batch_size else 1
-        served.executor.statistics.record_success(
-            rows, time.perf_counter_ns() - started, result.queue_ns, times
+        times = result.times
+        served.recorder.success(
+            prepared.client_rows, time.perf_counter_ns() - started, result.queue_ns, times
         )
-        metrics = served.executor.metrics
-        if metrics is not None:
-            metrics.requests.inc()
-            metrics.queue.observe(result.queue_ns / 1e9)
         compute_ns = times.input_ns + times.infer_ns + times.output_ns
         parameters: dict[str, Any] = {
             "queue_us": result.queue_ns // 1000,
             "compute_us": compute_ns // 1000,
             "batch_size": result.batch_rows,
         }
-        if encoded is not None:
+        if prepared.length is not None:  # a paddable request: how much of its batch was padding
             parameters["padding_ratio"] = round(result.padding_ratio, 4)
         return InferResponse(
             model_name=served.model_name,
@@ -173,13 +138,11 @@ class InferenceService:
         self, served: ServedVersion | None, exc: BaseException, started: int, model_name: str
     ) -> None:
         if served is not None:
-            served.executor.statistics.record_failure(time.perf_counter_ns() - started)
-        if self._metrics is not None:
-            reason = "cancelled" if isinstance(exc, asyncio.CancelledError) else reason_label(exc)
-            # Only names the repository knows are labels: a caller could grow the series of
-            # unknown ones without bound.
-            label = model_name if self._registry.knows(model_name) else ""
-            self._metrics.failures.labels(label, reason).inc()
+            served.recorder.failure(time.perf_counter_ns() - started)
+        # Only names the repository knows are labels: a caller could grow the series of unknown
+        # ones without bound.
+        label = model_name if self._registry.knows(model_name) else ""
+        count_failure(self._metrics, label, exc)
 
 
 def _queue_parameters(parameters: dict[str, Any]) -> tuple[int, int]:
@@ -195,36 +158,17 @@ def _queue_parameters(parameters: dict[str, Any]) -> tuple[int, int]:
     return values[0], values[1]
 
 
-@dataclass(slots=True)
-class _Prepared:
-    """A request made ready for the batcher: its feeds and what to answer with."""
-
-    feeds: dict[str, Array]
-    outputs: list[str]
-    encoded: Encoded | None = None  # text requests: the tokens, for post-processing
-
-    @property
-    def rows(self) -> int:
-        return int(next(iter(self.feeds.values())).shape[0]) if self.feeds else 1
-
-    @property
-    def client_rows(self) -> int:
-        """Rows as the client sent them (a text is one row, however many windows it takes)."""
-        return len(self.encoded.texts) if self.encoded is not None else self.rows
-
-
 async def _submit(
     served: ServedVersion,
-    prepared: _Prepared,
+    prepared: Prepared,
     priority: int,
     timeout_us: int,
     deadline: float | None,
 ) -> ItemResult:
-    """Queue the request. A text request whose question-answering windows outnumber
-    ``max_batch_size`` goes in slices that each fit a batch; more texts than that is the
-    client's own excess, refused by the batcher as for any model."""
-    encoded = prepared.encoded
-    length = encoded.length if encoded is not None else None
+    """Queue the request. A splittable request whose rows outnumber ``max_batch_size`` (a
+    question's context windows) goes in slices that each fit a batch; more client rows than that
+    is the client's own excess, refused by the batcher as for any model."""
+    length = prepared.length
 
     def submit(feeds: dict[str, Array]) -> Awaitable[ItemResult]:
         # Every slice keeps the request's width (length): the outputs line up.
@@ -238,7 +182,7 @@ async def _submit(
 
     limit = served.model_config.max_batch_size
     rows = prepared.rows
-    if encoded is None or not limit or rows <= limit or prepared.client_rows > limit:
+    if not prepared.splittable or not limit or rows <= limit or prepared.client_rows > limit:
         return await submit(prepared.feeds)
     slices = [
         {name: array[start : start + limit] for name, array in prepared.feeds.items()}
@@ -254,28 +198,11 @@ async def _submit(
     return merge_results(parts)
 
 
-async def _prepare(served: ServedVersion, request: InferRequest) -> _Prepared:
-    where = served.label
-    text = served.text
-    texts = text.texts(request.inputs) if text is not None else None
-    if text is None or texts is None:
-        raw = served.model_config
-        feeds = check_inputs(raw, request.inputs, where)
-        available = [out.name for out in raw.output]
-        note = " for token inputs; task outputs need TEXT" if text is not None else ""
-        return _Prepared(feeds, check_outputs(available, request.outputs, where, note))
-    task_outputs = text.task_output_names()
-    available = task_outputs + [out.name for out in served.model_config.output]
-    names = check_outputs(available, request.outputs, where) if request.outputs else task_outputs
-    # Tokenizing runs in a worker thread: tokenizers releases the GIL while it works.
-    encoded = await asyncio.to_thread(text.encoder.encode, *texts)
-    return _Prepared(encoded.feeds, names, encoded)
-
-
 def _classification(
-    outputs: dict[str, OutputTensor], asked: dict[str, int], labels: dict[int, str] | None
+    outputs: dict[str, OutputTensor], asked: dict[str, int], labels: Mapping[int, str]
 ) -> None:
-    """Triton's classification extension: an FP32 output becomes its top k as BYTES."""
+    """Triton's classification extension: an FP32 output becomes its top k as BYTES; ``labels``
+    (the adapter's) name the indices."""
     for name, k in asked.items():
         tensor = outputs[name]
         if tensor.datatype != "FP32" or tensor.array.ndim < 2:
@@ -284,3 +211,18 @@ def _classification(
                 f"{tensor.datatype} {list(tensor.array.shape)}"
             )
         outputs[name] = OutputTensor(name, "BYTES", top_k(tensor.array, k, labels))
+
+
+def top_k(scores: Array, k: int, labels: Mapping[int, str] | None = None) -> Array:
+    """Per row, the k best as "score:index[:label]" bytes."""
+    flat = scores.reshape(scores.shape[0], -1)
+    k = min(k, flat.shape[1])
+    order = np.argsort(-flat, axis=1, kind="stable")[:, :k]
+    out = np.empty((flat.shape[0], k), dtype=np.object_)
+    for row in range(flat.shape[0]):
+        for col, index in enumerate(order[row]):
+            text = f"{flat[row, index]:f}:{int(index)}"
+            if labels and int(index) in labels:
+                text += f":{labels[int(index)]}"
+            out[row, col] = text.encode()
+    return out

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from ortserve.adapters import TensorAdapter
 from ortserve.registry.versions import load_version
 from ortserve.repository.config import parse_config_text
+from ortserve.text.base import TextAdapter
 from tests.export.conftest import CLI, manifest, versions
 
 HF = ("tokenizer.json", "config.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -27,10 +29,10 @@ def _served_names(model_dir: Path, version: int, config_task: str | None) -> lis
                           version, 8, "test", None)  # fmt: skip
     try:
         if config_task is None:
-            assert served.text is None
+            assert isinstance(served.adapter, TensorAdapter)
         else:
-            assert served.text is not None
-            assert served.text.settings.task == config_task
+            assert isinstance(served.adapter, TextAdapter)
+            assert served.adapter.settings.task == config_task
         return [entry.name for entry in served.config.input]
     finally:
         served.sessions.close()

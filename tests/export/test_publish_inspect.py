@@ -14,6 +14,7 @@ from typing import Any
 
 import onnx
 
+from ortserve.adapters import TensorAdapter
 from ortserve.repository.config import parse_config_text
 from tests.export.conftest import CLI, manifest, versions
 from tests.factories.onnx_models import add_model
@@ -167,7 +168,7 @@ def test_inspect_shows_dims_and_a_short_manifest(tmp_path: Path, cli: CLI) -> No
 
 
 def test_manifest_summary_of_an_export() -> None:
-    from ortserve.export.inspect import manifest_summary
+    from ortserve.export.commands.inspect import manifest_summary
 
     exported = {
         "made_by": "ortserve export", "created_utc": "2026-01-01T00:00:00+00:00", "version": 2,
@@ -292,7 +293,7 @@ def test_publish_tensor_model_writes_the_batching_asked_for(tmp_path: Path, cli:
     assert config.HasField("dynamic_batching")
     assert not config.parameters
     served = _load(repo / "add", 1)
-    assert served.text is None
+    assert isinstance(served.adapter, TensorAdapter)
     assert served.model_config.max_batch_size == 4
 
     # The config exists now and is never overwritten: the flag is not applied, and says so.
@@ -355,7 +356,7 @@ def test_publish_tensor_model_with_a_tokenizer_beside_it(
     assert record["model"]["served_as"] == "tensors"
     assert {"tokenizer/tokenizer.json", "tokenizer/config.json"} <= set(record["files"])
     served = _load(repo / "add", 1)  # before the fix: "a text model takes input_ids, ..."
-    assert served.text is None
+    assert isinstance(served.adapter, TensorAdapter)
     assert [entry.name for entry in served.config.input] == ["x"]
 
 

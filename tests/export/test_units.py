@@ -9,13 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ortserve.export import publish as publish_module
-from ortserve.export.bench import BenchRow
-from ortserve.export.check import Figures, Variant, Verdict, compare, judge
-from ortserve.export.decide import decide
 from ortserve.export.errors import ExportError
 from ortserve.export.options import TASKS, Thresholds
-from ortserve.export.publish import check_servable, config_text, next_version, publish_version
+from ortserve.export.repository import publish as publish_module
+from ortserve.export.repository.config_writer import check_servable, config_text
+from ortserve.export.repository.publish import next_version, publish_version
 from ortserve.export.source import (
     ModelSource,
     detect_task,
@@ -23,6 +21,9 @@ from ortserve.export.source import (
     resolve_source,
     sentence_transformers_settings,
 )
+from ortserve.export.verify.bench import BenchRow
+from ortserve.export.verify.check import Figures, Variant, Verdict, compare, judge
+from ortserve.export.verify.decide import choose_variants
 from ortserve.repository.config import parse_config_text
 from ortserve.repository.parameters import Parameters
 from ortserve.text.files import ModelFiles
@@ -41,31 +42,35 @@ def _bench(fp32_ms: float, int8_ms: float) -> list[BenchRow]:
     ]
 
 
-def test_decide_publishes_passing_variants_in_order() -> None:
+def test_choose_variants_publishes_passing_variants_in_order() -> None:
     verdicts = {"fp32": _verdict("fp32", True), "int8-avx2": _verdict("int8-avx2", True)}
-    decisions = decide(["fp32", "int8-avx2"], verdicts, _bench(10, 5), "fp32", "int8-avx2", False)
+    decisions = choose_variants(
+        ["fp32", "int8-avx2"], verdicts, _bench(10, 5), "fp32", "int8-avx2", False
+    )
     assert [(d.variant, d.publish) for d in decisions] == [("fp32", True), ("int8-avx2", True)]
     assert "faster" in decisions[1].reason
 
 
-def test_decide_a_failed_check_blocks_everything_unless_forced() -> None:
+def test_choose_variants_a_failed_check_blocks_everything_unless_forced() -> None:
     verdicts = {"fp32": _verdict("fp32", True), "int8-avx2": _verdict("int8-avx2", False)}
-    decisions = decide(["fp32", "int8-avx2"], verdicts, None, "fp32", "int8-avx2", False)
+    decisions = choose_variants(["fp32", "int8-avx2"], verdicts, None, "fp32", "int8-avx2", False)
     assert decisions[1].blocking
     assert not decisions[1].publish
-    forced = decide(["fp32", "int8-avx2"], verdicts, None, "fp32", "int8-avx2", True)
+    forced = choose_variants(["fp32", "int8-avx2"], verdicts, None, "fp32", "int8-avx2", True)
     assert all(d.publish for d in forced)
     assert "--force" in forced[1].reason
 
 
-def test_decide_a_slower_quantized_variant_is_left_out_not_blocking() -> None:
+def test_choose_variants_a_slower_quantized_variant_is_left_out_not_blocking() -> None:
     verdicts = {"fp32": _verdict("fp32", True), "int8-avx2": _verdict("int8-avx2", True)}
-    decisions = decide(["fp32", "int8-avx2"], verdicts, _bench(5, 9), "fp32", "int8-avx2", False)
+    decisions = choose_variants(
+        ["fp32", "int8-avx2"], verdicts, _bench(5, 9), "fp32", "int8-avx2", False
+    )
     assert decisions[0].publish
     assert not decisions[1].publish
     assert not decisions[1].blocking
     assert "slower than fp32" in decisions[1].reason
-    unmeasured = decide(["fp32", "int8-avx2"], verdicts, None, "fp32", "int8-avx2", False)
+    unmeasured = choose_variants(["fp32", "int8-avx2"], verdicts, None, "fp32", "int8-avx2", False)
     assert unmeasured[1].publish
     assert "not benchmarked" in unmeasured[1].reason
 

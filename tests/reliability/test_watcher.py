@@ -11,7 +11,8 @@ import grpc
 import structlog
 import tritonclient.grpc as tg
 
-from ortserve.repository.watcher import RepositoryWatcher, SettleTracker
+from ortserve.repository.settle import SettleTracker
+from ortserve.repository.watcher import RepositoryWatcher
 from ortserve_client.proto import grpc_service_pb2 as pb
 from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import DaemonFactory

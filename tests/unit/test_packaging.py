@@ -17,16 +17,18 @@ CLIENT = ROOT / "client" / "ortserve_client"
 
 
 def _imports(folder: Path) -> dict[Path, set[str]]:
-    found: dict[Path, set[str]] = {}
-    for path in folder.rglob("*.py"):
-        names: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module)
-        found[path] = names
-    return found
+    return {path: _imports_of(path) for path in folder.rglob("*.py")}
+
+
+def _imports_of(path: Path) -> set[str]:
+    """Every module ``path`` imports, anywhere in it (absolute imports)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
 
 
 def _top(names: set[str]) -> set[str]:
@@ -48,6 +50,22 @@ def test_server_layering(package: str, forbidden: set[str]) -> None:
         assert not (_top(names) & forbidden), (
             f"{path.relative_to(ROOT)} imports {_top(names) & forbidden}"
         )
+
+
+#: The data plane: it sees requests through a version's adapter (``ortserve.adapters``), never a
+#: token or a task.
+DATA_PLANE = ("inference.py", "execution.py", "validation.py", "adapters.py", "batching")
+
+
+@pytest.mark.parametrize("part", DATA_PLANE)
+def test_data_plane_imports_no_text(part: str) -> None:
+    path = SERVER / part
+    found = _imports(path) if path.is_dir() else {path: _imports_of(path)}
+    for module, names in found.items():
+        text = {n for n in names if n == "ortserve.text" or n.startswith("ortserve.text.")}
+        where = module.relative_to(ROOT)
+        assert not text, f"{where} imports {text}"
+        assert "tokenizers" not in _top(names), f"{where} imports tokenizers"
 
 
 def test_only_protocol_and_app_import_grpc() -> None:
@@ -140,7 +158,7 @@ def test_wheel_contains_both_packages(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     for expected in [
         "ortserve/app.py",
-        "ortserve/export/command.py",
+        "ortserve/export/commands/export.py",
         "ortserve/py.typed",
         "ortserve_client/tensors.py",
         "ortserve_client/py.typed",

@@ -5,7 +5,7 @@ its batching rule on its own; ``stack_feeds``/``split_outputs`` turn a batch's f
 run and its outputs back into one answer per request.
 """
 
-from ortserve.batching.batch import Batch, BatcherStats, BatchItem
+from ortserve.batching.batch import Batch, BatchItem
 from ortserve.batching.batcher import DynamicBatcher
 from ortserve.batching.decision import Decision, decide
 from ortserve.batching.policy import BatchPolicy, QueuePolicy, policy_from_config
@@ -15,7 +15,6 @@ __all__ = [
     "Batch",
     "BatchItem",
     "BatchPolicy",
-    "BatcherStats",
     "Decision",
     "DynamicBatcher",
     "QueuePolicy",

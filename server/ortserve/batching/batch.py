@@ -1,9 +1,11 @@
-"""What the batcher hands to ``run_batch``, and the counters it keeps of its own work (read by
-``Batcher.stats``; the statistics endpoint has its own recorder)."""
+"""What the batcher hands to ``run_batch``: the requests of one batch.
+
+The batcher keeps no counts of its own: what happens to requests is recorded once, by the
+version's recorder (``observability/recorder.py``), around the batcher."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -50,19 +52,3 @@ class Batch(Generic[T]):
         if any(item.length is None for item in self.items):
             return None
         return [item.length or 0 for item in self.items]
-
-
-@dataclass(frozen=True, slots=True)
-class BatcherStats:
-    """A snapshot of one batcher's counters since it was built."""
-
-    queued: int  # requests waiting now
-    in_flight: int  # batches running now
-    batches_executed: int  # batches that run_batch answered in full
-    requests_executed: int
-    rows_executed: int
-    batch_sizes: Mapping[int, int]  # rows in a batch -> number of such batches executed
-    batches_failed: int  # run_batch raised, or answered the wrong number of items
-    rejected: int  # refused at submit: queue full (Overloaded)
-    expired: int  # deadline passed while queued (DeadlineExpired)
-    cancelled: int  # caller went away before its answer

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
-from types import MappingProxyType
 from typing import Generic, TypeVar
 
 import structlog
 
-from ortserve.batching.batch import Batch, BatcherStats, BatchItem
+from ortserve.batching.batch import Batch, BatchItem
 from ortserve.batching.decision import decide
 from ortserve.batching.policy import BatchPolicy
 from ortserve.batching.queue import Entry, PendingQueue
@@ -63,33 +61,20 @@ class DynamicBatcher(Generic[T, R]):
         self._closing = False
         self._seq = itertools.count()
         self._in_flight = 0
-        self._sizes: Counter[int] = Counter()
-        self._batches_executed = 0
-        self._requests_executed = 0
-        self._rows_executed = 0
-        self._batches_failed = 0
-        self._rejected = 0
-        self._expired = 0
-        self._cancelled = 0
 
     @property
     def policy(self) -> BatchPolicy:
         return self._policy
 
     @property
-    def stats(self) -> BatcherStats:
-        return BatcherStats(
-            queued=len(self._queue),
-            in_flight=self._in_flight,
-            batches_executed=self._batches_executed,
-            requests_executed=self._requests_executed,
-            rows_executed=self._rows_executed,
-            batch_sizes=MappingProxyType(dict(sorted(self._sizes.items()))),
-            batches_failed=self._batches_failed,
-            rejected=self._rejected,
-            expired=self._expired,
-            cancelled=self._cancelled,
-        )
+    def queued(self) -> int:
+        """Requests waiting now (the recorder counts what happened to them)."""
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        """Batches running now."""
+        return self._in_flight
 
     def start(self) -> None:
         """Spawn the runners on the running loop."""
@@ -150,13 +135,11 @@ class DynamicBatcher(Generic[T, R]):
         queue_policy = policy.queue_for(level)
         limit = queue_policy.max_queue_size
         if limit and self._queue.count_at(level) >= limit:
-            self._rejected += 1
             where = f" at priority level {level}" if level else ""
             raise Overloaded(f"{self._name}: the queue is full ({limit} requests waiting{where})")
         arrival = loop.time()
         expires = queue_policy.deadline(arrival, timeout_microseconds, deadline)
         if expires is not None and expires <= arrival:
-            self._expired += 1
             raise DeadlineExpired(f"{self._name}: the request's deadline passed before it queued")
         future: asyncio.Future[R] = loop.create_future()
         entry = Entry(
@@ -169,9 +152,6 @@ class DynamicBatcher(Generic[T, R]):
         self._changed.set()
         try:
             return await future
-        except asyncio.CancelledError:
-            self._cancelled += 1
-            raise
         finally:
             if self._queue.remove(entry):  # the caller left while queued
                 entry.cancel_timer()
@@ -248,17 +228,14 @@ class DynamicBatcher(Generic[T, R]):
         try:
             results = await self._run_batch(batch)
         except Exception as exc:  # one bad batch fails its own callers; the runner carries on
-            self._batches_failed += 1
             self._fail(live, exc)
             return
         except BaseException:  # cancelled (aclose was cancelled): still answer everyone
-            self._batches_failed += 1
             self._fail(live, ModelNotReady(f"{self._name} stopped while the request was running"))
             raise
         finally:
             self._in_flight -= 1
         if len(results) != len(live):
-            self._batches_failed += 1
             self._fail(
                 live,
                 RuntimeError(
@@ -270,10 +247,6 @@ class DynamicBatcher(Generic[T, R]):
         for entry, result in zip(live, results, strict=True):
             if not entry.future.done():
                 entry.future.set_result(result)
-        self._batches_executed += 1
-        self._requests_executed += len(live)
-        self._rows_executed += batch.rows
-        self._sizes[batch.rows] += 1
 
     def _expire(self, entry: Entry[T, R]) -> None:
         """The timer of ``entry`` (or a runner that saw it first): fail it if still queued."""
@@ -282,7 +255,6 @@ class DynamicBatcher(Generic[T, R]):
             return  # already in a batch, or its caller left
         assert self._loop is not None
         waited_ms = (self._loop.time() - entry.arrival) * 1e3
-        self._expired += 1
         self._fail(
             [entry],
             DeadlineExpired(

@@ -5,4 +5,15 @@ checks them against PyTorch, benchmarks each variant in its own process, and pub
 Triton-layout model repository by atomic rename. Needs the ``export`` extra (torch, transformers,
 optimum); the daemon never imports this package, and ``ortserve.cli`` imports it only when one of
 these commands runs.
+
+Layout:
+
+- ``cli``: the command line (flags, help, exit statuses); ``commands/``: one module per command
+  (``export``, ``publish``, ``inspect``), and ``ExportRun``, the state one export shares.
+- ``convert/``: making graphs (the Optimum export, the optimizer, quantization).
+- ``verify/``: judging them (sample inputs, parity check, benchmark, which variants to publish).
+- ``repository/``: writing them (atomic publish, config.pbtxt, manifest, the daemon's loader
+  rules run beforehand).
+- ``source`` (the model folder exported from), ``graph`` (an ONNX file described without running
+  it), ``options``, ``report`` (what the user sees) and ``errors``, used across all of them.
 """

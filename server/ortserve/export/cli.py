@@ -333,16 +333,16 @@ def _termination_raises() -> Iterator[None]:
 
 
 def _run(command: str, args: argparse.Namespace, argv: Sequence[str], reporter: Reporter) -> int:
-    from ortserve.export.manifest import command_line
+    from ortserve.export.repository.manifest import command_line
 
     if command == "export":
         if args.quantized_only and not args.quantize:
             raise _usage(build_export_parser(), "--quantized-only needs --quantize")
-        from ortserve.export.command import run_export
+        from ortserve.export.commands.export import run_export
 
         return run_export(_export_options(args, command_line(list(argv))), reporter)
     if command == "publish":
-        from ortserve.export.publish_onnx import run_publish
+        from ortserve.export.commands.publish import run_publish
 
         options = PublishOptions(
             path=args.path,
@@ -354,7 +354,7 @@ def _run(command: str, args: argparse.Namespace, argv: Sequence[str], reporter: 
             command=command_line(list(argv)),
         )
         return run_publish(options, reporter)
-    from ortserve.export.inspect import inspect
+    from ortserve.export.commands.inspect import inspect
 
     return inspect(args.path, args.json, args.manifest)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -38,15 +37,32 @@ def reason_label(exc: BaseException) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ModelMetrics:
-    """One model's metric children, resolved once: ``labels()`` is too slow per request."""
+    """One model's metric children, resolved once: ``labels()`` is too slow per request.
 
-    requests: Any
-    queue: Any
-    compute: Any
-    batch_size: Any
-    pending: Any
-    real_tokens: Any
-    padded_tokens: Any
+    Fed only through ``observability.recorder.VersionRecorder`` (the ``ModelSeries`` it feeds)."""
+
+    requests: Counter
+    queue: Histogram
+    compute: Histogram
+    batch_size: Histogram
+    pending_requests: Gauge
+    real_tokens: Counter
+    padded_tokens: Counter
+
+    def pending(self, delta: int) -> None:
+        self.pending_requests.inc(delta)
+
+    def answered(self, queue_s: float) -> None:
+        self.requests.inc()
+        self.queue.observe(queue_s)
+
+    def executed(self, rows: int, compute_s: float) -> None:
+        self.batch_size.observe(rows)
+        self.compute.observe(compute_s)
+
+    def tokens(self, real: int, padded: int) -> None:
+        self.real_tokens.inc(real)
+        self.padded_tokens.inc(padded)
 
 
 class Metrics:
@@ -119,7 +135,7 @@ class Metrics:
                 queue=self.queue.labels(name),
                 compute=self.compute.labels(name),
                 batch_size=self.batch_size.labels(name),
-                pending=self.pending.labels(name),
+                pending_requests=self.pending.labels(name),
                 real_tokens=self.tokens.labels(name, "real"),
                 padded_tokens=self.tokens.labels(name, "padded"),
             )

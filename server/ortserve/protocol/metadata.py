@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 from ortserve.datatypes import CONFIG_TO_WIRE
 from ortserve.observability.statistics import Duration, VersionStatistics
-from ortserve.registry.registry import IndexEntry
+from ortserve.registry.models import IndexEntry
 from ortserve.registry.versions import ServedVersion
 from ortserve.repository.config import PLATFORM
 from ortserve_client.proto import grpc_service_pb2 as pb
@@ -63,7 +63,7 @@ def _duration(target: pb.StatisticDuration, source: Duration) -> None:
 def model_statistics(served: Sequence[ServedVersion]) -> pb.ModelStatisticsResponse:
     response = pb.ModelStatisticsResponse()
     for version in served:
-        stats: VersionStatistics = version.executor.statistics
+        stats: VersionStatistics = version.recorder.statistics
         entry = response.model_stats.add(
             name=version.model_name,
             version=str(version.version),

@@ -13,9 +13,10 @@ import grpc
 
 from ortserve.errors import Disabled, InvalidInput, ModelNotReady, Unsupported, shown
 from ortserve.inference import InferenceService
+from ortserve.lifecycle import StateView
 from ortserve.protocol import codec, metadata
 from ortserve.protocol.status import CONTROL_EXCEPTIONS, ShutdownHold, describe
-from ortserve.registry.registry import ModelRegistry
+from ortserve.registry.models import ModelRegistry
 from ortserve_client.proto import grpc_service_pb2 as pb
 from ortserve_client.proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -42,27 +43,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         registry: ModelRegistry,
         inference: InferenceService,
         version: str,
+        state: StateView,
+        hold: ShutdownHold,
         control_hint: str | None = None,
     ) -> None:
-        """``control_hint`` None: repository control is on; else why it is off and how to turn
-        it on (sent with UNAVAILABLE)."""
+        """``state``: the daemon's, read by ServerReady and ServerLive. ``hold``: the daemon's
+        hold of new calls just before the server stops (open streams end with it).
+        ``control_hint`` None: repository control is on; else why it is off and how to turn it
+        on (sent with UNAVAILABLE)."""
         self._registry = registry
         self._inference = inference
         self._version = version
         self._control_hint = control_hint
         self._extensions = EXTENSIONS + (REPOSITORY_EXTENSIONS if control_hint is None else ())
-        self.ready = False  # set by the app once the repository is loaded
-        self.hold = ShutdownHold()  # the app holds new calls with it just before the server stops
+        self._state = state
+        self.hold = hold
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: Context
     ) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=True)
+        return pb.ServerLiveResponse(live=self._state.live)
 
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: Context
     ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.ready)
+        return pb.ServerReadyResponse(ready=self._state.ready)
 
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: Context

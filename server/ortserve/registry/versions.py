@@ -14,18 +14,16 @@ import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ortserve.datatypes import CONFIG_TO_WIRE
+from ortserve.adapters import RequestAdapter, TensorAdapter
 from ortserve.errors import ModelLoadError
 from ortserve.execution import VersionExecutor
 from ortserve.observability.metrics import Metrics
+from ortserve.observability.recorder import VersionRecorder
 from ortserve.registry.warmup import run_warmup
 from ortserve.repository.config import ParsedConfig, complete_config
 from ortserve.repository.layout import DEFAULT_MODEL_FILENAME, check_links_inside
-from ortserve.repository.parameters import Parameters
 from ortserve.runtime.session import ModelSessions
-from ortserve.text.files import has_tokenizer, read_files
-from ortserve.text.pipeline import TextPipeline
-from ortserve.text.settings import text_settings
+from ortserve.text.adapters import text_adapter
 from ortserve_client.proto import model_config_pb2 as mc
 
 
@@ -35,19 +33,24 @@ class ServedVersion:
 
     model_name: str
     version: int
-    config: mc.ModelConfig  # as clients see it (with the text inputs and outputs of a text model)
     model_config: mc.ModelConfig  # the ONNX model's own inputs and outputs
     sessions: ModelSessions
     executor: VersionExecutor
     fingerprint: str  # what was loaded: config text and the version folder's files
-    text: TextPipeline | None = None
-    output_types: dict[str, str] = field(init=False)  # output name -> wire datatype
+    adapter: RequestAdapter  # what a request is before and after the batcher; chosen at load
     leases: int = 0
     draining: bool = False
     _drained: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def __post_init__(self) -> None:
-        self.output_types = {out.name: CONFIG_TO_WIRE[out.data_type] for out in self.config.output}
+    @property
+    def config(self) -> mc.ModelConfig:
+        """The config as clients see it (a text model's: with its text inputs and outputs)."""
+        return self.adapter.config
+
+    @property
+    def recorder(self) -> VersionRecorder:
+        """What happened to this version's requests (statistics endpoint, metrics)."""
+        return self.executor.recorder
 
     @property
     def label(self) -> str:
@@ -95,32 +98,20 @@ def load_version(
     try:
         config = complete_config(parsed, model_name, sessions.signature, default_max_batch_size)
         run_warmup(config, sessions, version_dir, parsed.source)
-        text = _text_pipeline(version_dir, config, parsed.source)
         label = f"model '{model_name}' version {version}"
+        # The one place a version's kind is chosen: a text model is one with a tokenizer.json
+        # beside its model.onnx.
+        adapter: RequestAdapter = text_adapter(
+            version_dir, config, parsed.source, label
+        ) or TensorAdapter(config, label)
+        recorder = VersionRecorder.for_model(metrics, config.name)
         executor = VersionExecutor(
-            label,
-            config,
-            sessions,
-            parsed.source,
-            metrics,
-            pad_values=text.pad_values if text else None,
-            sequence_outputs=text.sequence_outputs if text else (),
+            label, config, sessions, parsed.source, recorder, padding=adapter.padding
         )
     except ModelLoadError:
         sessions.close()
         raise
-    public = text.public_config(config) if text else config
-    return ServedVersion(
-        model_name, version, public, config, sessions, executor, fingerprint, text=text
-    )
-
-
-def _text_pipeline(version_dir: Path, config: mc.ModelConfig, source: str) -> TextPipeline | None:
-    """A text model is one with a tokenizer.json beside its model.onnx."""
-    if not has_tokenizer(version_dir):
-        return None
-    files = read_files(version_dir)
-    return TextPipeline(files, text_settings(Parameters(config, source), files), config)
+    return ServedVersion(model_name, version, config, sessions, executor, fingerprint, adapter)
 
 
 def _return_memory_to_the_os() -> None:

@@ -80,14 +80,6 @@ class TextSettings:
     max_answer_length: int = 30
     max_text_bytes: int = MAX_TEXT_BYTES
 
-    @property
-    def pair_input(self) -> bool:
-        return self.task in ("question-answering", "text-classification")
-
-    @property
-    def embeds(self) -> bool:
-        return self.task in ("feature-extraction", "sentence-embeddings")
-
 
 def text_settings(params: Parameters, files: ModelFiles) -> TextSettings:
     where = params.where

@@ -50,21 +50,6 @@ def classify(
     return Classified(names, scores, probs)
 
 
-def top_k(scores: Array, k: int, labels: Mapping[int, str] | None = None) -> Array:
-    """Triton's classification extension: per row, the k best as "score:index[:label]" bytes."""
-    flat = scores.reshape(scores.shape[0], -1)
-    k = min(k, flat.shape[1])
-    order = np.argsort(-flat, axis=1, kind="stable")[:, :k]
-    out = np.empty((flat.shape[0], k), dtype=np.object_)
-    for row in range(flat.shape[0]):
-        for col, index in enumerate(order[row]):
-            text = f"{flat[row, index]:f}:{int(index)}"
-            if labels and int(index) in labels:
-                text += f":{labels[int(index)]}"
-            out[row, col] = text.encode()
-    return out
-
-
 def pool(hidden: Array, mask: Array, how: str, normalize: bool) -> Array:
     """Sentence embeddings from token states [rows, tokens, dim] and the attention mask, as
     sentence-transformers pools: ``mean`` or ``max`` over the real tokens, ``mean_sqrt_len`` (their

@@ -1,23 +1,26 @@
 """The manifest published with each version (``manifest.json``): where the files came from, how
-they were made and how they measured. ``publish.publish_version`` adds ``version`` and the
-sha256 of every file in the version folder."""
+they were made and how they measured. ``publish.publish_version`` adds ``version`` and the sha256
+of every file in the version folder. ``inspect`` reads it back."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 from pathlib import Path
 from typing import Any
 
-from ortserve.export.inspect import describe_graph
+from ortserve.export.errors import ExportError
+from ortserve.export.graph import describe_graph
 
 FORMAT = "ortserve-manifest/1"
+MANIFEST_FILENAME = "manifest.json"
 
 
 def base_manifest(command: str, kind: str) -> dict[str, Any]:
     """What every manifest records: format, time, the exact command, this machine."""
-    from ortserve.export.exporting import library_versions
+    from ortserve.export.convert.export import library_versions
 
     return {
         "format": FORMAT,
@@ -43,7 +46,7 @@ def graph_record(path: Path) -> dict[str, Any]:
 
 def source_files(folder: Path) -> dict[str, str]:
     """sha256 of each file at the top of the source folder (weights, config, tokenizer)."""
-    from ortserve.export.publish import sha256_file
+    from ortserve.export.repository.publish import sha256_file
 
     return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
 
@@ -63,3 +66,15 @@ def command_line(argv: list[str]) -> str:
     import shlex
 
     return shlex.join(["ortserve", *argv])
+
+
+def read_manifest(model_path: Path) -> dict[str, Any] | None:
+    """The manifest.json beside a model file, if there is one."""
+    path = model_path.parent / MANIFEST_FILENAME
+    if not path.is_file():
+        return None
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{path}: cannot read it as JSON: {exc}") from None
+    return manifest

@@ -18,33 +18,37 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ortserve.export.check import check_graph, open_session
 from ortserve.export.errors import ExportError
-from ortserve.export.inspect import describe_graph, model_file, read_manifest
-from ortserve.export.loadable import check_loadable, signature, takes_tokens, token_inputs_note
-from ortserve.export.manifest import base_manifest, graph_record
+from ortserve.export.graph import describe_graph, model_file
 from ortserve.export.options import (
     TASKS,
     TOKENIZER_FOLDER,
     PublishOptions,
     tensor_model_note,
 )
-from ortserve.export.publish import (
-    check_servable,
-    config_text,
+from ortserve.export.report import Reporter
+from ortserve.export.repository.config_writer import check_servable, config_text
+from ortserve.export.repository.loadable import (
+    check_loadable,
+    signature,
+    takes_tokens,
+    token_inputs_note,
+)
+from ortserve.export.repository.manifest import base_manifest, graph_record, read_manifest
+from ortserve.export.repository.publish import (
     model_folder,
     publish_version,
     sha256_file,
     validate_name,
     write_config_if_absent,
 )
-from ortserve.export.report import Reporter
 from ortserve.export.source import (
     HF_FILES,
     SENTENCE_TRANSFORMERS_FILES,
     max_sequence_length,
     sentence_transformers_settings,
 )
+from ortserve.export.verify.check import check_graph, open_session
 from ortserve.repository.config import DEFAULT_MAX_BATCH_SIZE
 from ortserve.repository.layout import CONFIG_FILENAME
 

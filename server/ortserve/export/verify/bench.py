@@ -1,8 +1,8 @@
 """Latency benchmark: PyTorch and each ONNX variant, each in a process of its own.
 
 ONNX Runtime's and torch's thread pools fight when both run in one process, so the parent writes
-the inputs to an .npz file and starts ``python -m ortserve.export.bench`` once per variant; the
-child loads one model, warms it up, times single-input and batch-32 runs and prints JSON. torch
+the inputs to an .npz file and starts ``python -m ortserve.export.verify.bench`` once per variant;
+the child loads one model, warms it up, times single-input and batch-32 runs and prints JSON. torch
 and ONNX Runtime get the same number of threads (``--bench-threads``, default: every CPU).
 p50/p95/p99 are over ``iterations`` timed runs.
 """
@@ -70,14 +70,14 @@ def run_benchmarks(
     rows: list[BenchRow] = []
     for candidate in candidates:
         cmd = [
-            sys.executable, "-m", "ortserve.export.bench",
+            sys.executable, "-m", "ortserve.export.verify.bench",
             "--kind", candidate.kind, "--path", str(candidate.path), "--task", candidate.task,
             "--inputs", str(inputs), "--iterations", str(iterations), "--name", candidate.name,
             "--threads", str(threads),
         ]  # fmt: skip
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         # The child imports this very ortserve (a checkout on PYTHONPATH or an install).
-        here = str(Path(__file__).resolve().parents[2])
+        here = str(Path(__file__).resolve().parents[3])  # the folder holding ortserve/
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
         try:
             done = subprocess.run(
@@ -118,15 +118,15 @@ def _load_feeds(path: Path) -> dict[int, dict[str, np.ndarray[Any, Any]]]:
 
 def _runner(kind: str, path: Path, task: str, threads: int) -> Callable[[dict[str, Any]], object]:
     if kind == "onnx":
-        from ortserve.export.check import open_session
+        from ortserve.export.verify.check import open_session
 
         session = open_session(path, threads)
         wanted = {i.name for i in session.get_inputs()}
         return lambda feeds: session.run(None, {k: v for k, v in feeds.items() if k in wanted})
     import torch
 
-    from ortserve.export.exporting import load_torch_model
-    from ortserve.export.samples import torch_inputs
+    from ortserve.export.convert.export import load_torch_model
+    from ortserve.export.verify.samples import torch_inputs
 
     torch.set_num_threads(threads)
     model = load_torch_model(path, task)
@@ -152,7 +152,7 @@ def _time(run: Callable[[dict[str, Any]], object], feeds: dict[str, Any], n: int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ortserve.export.bench")
+    parser = argparse.ArgumentParser(prog="python -m ortserve.export.verify.bench")
     parser.add_argument("--kind", choices=("pytorch", "onnx"), required=True)
     parser.add_argument("--path", type=Path, required=True)
     parser.add_argument("--task", required=True)

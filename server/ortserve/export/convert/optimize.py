@@ -11,8 +11,8 @@ import io
 import shutil
 from pathlib import Path
 
+from ortserve.export.convert.export import quiet_libraries
 from ortserve.export.errors import ExportError
-from ortserve.export.exporting import quiet_libraries
 from ortserve.export.options import OPTIMIZE_LEVELS
 
 

@@ -3,11 +3,12 @@ anything is written into the repository.
 
 The daemon (``ortserve.registry.versions.load_version``) takes the model folder's config.pbtxt
 (or none), completes it from the graph's inputs and outputs (``complete_config``), and, when a
-``tokenizer.json`` lies beside ``model.onnx``, builds a text pipeline: the task settings
-(``text_settings``) and ``TextPipeline``, which takes only token inputs and a batch axis. The same
-functions run here on the config that will be in force (the existing config.pbtxt, which is never
-overwritten, else the one about to be written) and on the version's own text files, so that a
-version the daemon would refuse is refused here, with the daemon's reason, and nothing is written.
+``tokenizer.json`` lies beside ``model.onnx``, builds a text adapter: the task settings
+(``text_settings``) and the task's ``TextAdapter``, which takes only token inputs and a batch axis.
+The same functions run here on the config that will be in force (the existing config.pbtxt,
+which is never overwritten, else the one about to be written) and on the version's own text
+files, so that a version the daemon would refuse is refused here, with the daemon's reason, and
+nothing is written.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from ortserve.errors import ModelLoadError, OrtserveError
 from ortserve.export.errors import ExportError
-from ortserve.export.inspect import MANIFEST_FILENAME
+from ortserve.export.repository.manifest import MANIFEST_FILENAME
 from ortserve.repository.config import (
     DEFAULT_MAX_BATCH_SIZE,
     ParsedConfig,
@@ -33,8 +34,9 @@ from ortserve.repository.layout import CONFIG_FILENAME
 from ortserve.repository.parameters import Parameters
 from ortserve.runtime.session import session_signature
 from ortserve.signature import Signature
+from ortserve.text.adapters import ADAPTERS
+from ortserve.text.base import TOKEN_INPUTS
 from ortserve.text.files import TOKENIZER_FILE, read_files
-from ortserve.text.pipeline import TOKEN_INPUTS, TextPipeline
 from ortserve.text.settings import text_settings
 
 #: What the daemon gives a model without ``max_batch_size`` in its config (``ortserve serve
@@ -117,7 +119,7 @@ def _check_text_model(
         try:
             text_files = read_files(root)
             settings = text_settings(Parameters(config, parsed.source), text_files)
-            TextPipeline(text_files, settings, config)
+            ADAPTERS[settings.task](text_files, settings, config, where)
         except OrtserveError as exc:
             reason = str(exc).replace(str(root), where)
             raise ExportError(

@@ -20,7 +20,7 @@ import numpy as np
 
 from ortserve.export.errors import ExportError
 from ortserve.export.options import Thresholds
-from ortserve.export.samples import (
+from ortserve.export.verify.samples import (
     graph_feeds,
     input_specs,
     single,

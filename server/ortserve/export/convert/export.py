@@ -50,7 +50,7 @@ def quiet_libraries() -> Iterator[None]:
                 lg.setLevel(level)
 
 
-def check_supported(source: ModelSource, task: str) -> None:
+def check_exportable(source: ModelSource, task: str) -> None:
     """Fail before loading weights when Optimum has no ONNX config for this architecture/task."""
     set_offline()
     with quiet_libraries():

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ortserve.export.bench import BenchRow, p50
-from ortserve.export.check import Verdict
+from ortserve.export.verify.bench import BenchRow, p50
+from ortserve.export.verify.check import Verdict
 
 SPEED_BATCH = 32
 
@@ -26,7 +26,7 @@ class Decision:
     blocking: bool = False  # True: this refusal stops every variant from being published
 
 
-def decide(
+def choose_variants(
     candidates: Sequence[str],
     verdicts: Mapping[str, Verdict],
     bench: Sequence[BenchRow] | None,

@@ -1,5 +1,6 @@
 """``ortserve export``: export -> check graph -> optimize -> quantize -> parity -> benchmark ->
-decide -> publish, with progress on stderr and the tables on stdout."""
+decide -> publish, with progress on stderr and the tables on stdout. The steps share one
+``ExportRun``."""
 
 from __future__ import annotations
 
@@ -11,8 +12,51 @@ from typing import Any
 
 from rich.markup import escape
 
-from ortserve.export.bench import BATCH_SIZES, BenchRow, Candidate, run_benchmarks, save_inputs
-from ortserve.export.check import (
+from ortserve.export.commands.export_run import ExportRun, Variants
+from ortserve.export.convert.export import (
+    check_exportable,
+    export_onnx,
+    load_tokenizer,
+    load_torch_model,
+)
+from ortserve.export.convert.quantize import quantize, resolve_target
+from ortserve.export.errors import CheckFailed, ExportError
+from ortserve.export.options import (
+    EXACT_OPTIMIZE_LEVELS,
+    TASKS,
+    TOKENIZER_FOLDER,
+    ExportOptions,
+    tensor_model_note,
+)
+from ortserve.export.report import Reporter
+from ortserve.export.repository.config_writer import check_servable, config_text
+from ortserve.export.repository.loadable import check_loadable, signature
+from ortserve.export.repository.manifest import base_manifest, graph_record, source_files
+from ortserve.export.repository.publish import (
+    Published,
+    model_folder,
+    publish_version,
+    validate_name,
+    write_config_if_absent,
+)
+from ortserve.export.source import (
+    HF_FILES,
+    SENTENCE_TRANSFORMERS_FILES,
+    check_tokenizer_files,
+    detect_task,
+    max_sequence_length,
+    resolve_source,
+    sentence_transformers_settings,
+    set_offline,
+)
+from ortserve.export.verify.bench import (
+    BATCH_SIZES,
+    BenchRow,
+    Candidate,
+    run_benchmarks,
+    save_inputs,
+)
+from ortserve.export.verify.check import (
     Variant,
     Verdict,
     check_batches,
@@ -23,53 +67,14 @@ from ortserve.export.check import (
     reference_outputs,
     run_variant,
 )
-from ortserve.export.decide import Decision, decide
-from ortserve.export.errors import CheckFailed, ExportError
-from ortserve.export.exporting import (
-    check_supported,
-    export_onnx,
-    load_tokenizer,
-    load_torch_model,
-)
-from ortserve.export.loadable import check_loadable, signature
-from ortserve.export.manifest import base_manifest, graph_record, source_files
-from ortserve.export.options import (
-    EXACT_OPTIMIZE_LEVELS,
-    TASKS,
-    TOKENIZER_FOLDER,
-    ExportOptions,
-    Task,
-    tensor_model_note,
-)
-from ortserve.export.publish import (
-    Published,
-    check_servable,
-    config_text,
-    model_folder,
-    publish_version,
-    validate_name,
-    write_config_if_absent,
-)
-from ortserve.export.quantize import Quantization, quantize, resolve_target
-from ortserve.export.report import Reporter
-from ortserve.export.samples import (
+from ortserve.export.verify.decide import choose_variants
+from ortserve.export.verify.samples import (
     DEFAULT_TEXTS,
     batch_of,
     encode,
     graph_feeds,
     input_specs,
     single,
-)
-from ortserve.export.source import (
-    HF_FILES,
-    SENTENCE_TRANSFORMERS_FILES,
-    ModelSource,
-    check_tokenizer_files,
-    detect_task,
-    max_sequence_length,
-    resolve_source,
-    sentence_transformers_settings,
-    set_offline,
 )
 from ortserve_client.tensors import Array
 
@@ -82,7 +87,7 @@ def run_export(opts: ExportOptions, reporter: Reporter) -> int:
     how = "given" if opts.task else "detected"
     where = escape(str(source.folder))
     reporter.line(f"[bold]{source.architecture}[/] from {where}: task {task} ({how})")
-    check_supported(source, task)
+    check_exportable(source, task)
     check_tokenizer_files(source)
     check_servable(TASKS[task].config_task, opts.max_batch_size)
     if TASKS[task].served_as_tensors:
@@ -91,36 +96,28 @@ def run_export(opts: ExportOptions, reporter: Reporter) -> int:
     max_length = max_sequence_length(source.folder, opts.max_length)
     texts = opts.sample_texts or DEFAULT_TEXTS
     with tempfile.TemporaryDirectory(prefix="ortserve-export-") as tmp:
-        work = Path(tmp)
-        variants = _build_variants(source, task, opts, quant, work, reporter)
-        export_dir = variants[0].path.parent
-        label = f"Checking {len(variants)} variant(s) against PyTorch on {len(texts)} texts"
+        run = ExportRun(opts, reporter, source, task, max_length, quant, Path(tmp))
+        run.variants = _build_variants(run)
+        label = f"Checking {len(run.variants)} variant(s) against PyTorch on {len(texts)} texts"
         with reporter.step(label):
-            tokenizer = load_tokenizer(export_dir, task, source.folder)
+            tokenizer = load_tokenizer(run.variants.export_dir, task, source.folder)
             encoded = encode(tokenizer, texts, task, max_length)
-            verdicts = _check(source, task, variants, encoded, opts)
-        bench: list[BenchRow] | None = None
+            run.verdicts = _check(run, encoded)
         if opts.bench:
-            bench = _bench(source, task, variants, encoded, opts, work, reporter)
-        base = variants[-2] if quant else variants[-1]  # the FP32 graph that gets published
-        candidates = [] if quant and opts.quantized_only else [base.name]
-        if quant:
-            candidates.append(variants[-1].name)
-        decisions = decide(
-            candidates,
-            {v.variant: v for v in verdicts},
-            bench,
-            base.name,
-            quant.variant_name if quant else None,
+            run.bench = _bench(run, encoded)
+        run.decisions = choose_variants(
+            run.candidates,
+            run.verdicts,
+            run.bench,
+            run.variants.fp32.name,
+            run.variants.quantized.name if run.variants.quantized else None,
             opts.force,
         )
-        _print_checks(reporter, variants, verdicts, bench)
-        published = _publish(
-            source, task, opts, variants, verdicts, bench, decisions, max_length, quant, reporter
-        )
-        _print_summary(reporter, opts, variants, decisions, published)
-    refused = [d for d in decisions if not d.publish]
-    if any(d.blocking for d in refused) or not any(d.publish for d in decisions):
+        _print_checks(run)
+        published = _publish(run)
+        _print_summary(run, published)
+    refused = [d for d in run.decisions if not d.publish]
+    if any(d.blocking for d in refused) or not any(d.publish for d in run.decisions):
         why = "; ".join(f"{d.variant}: {d.reason}" for d in refused) or "nothing to publish"
         raise CheckFailed(f"nothing published ({why}); --force publishes anyway")
     for d in refused:
@@ -128,137 +125,86 @@ def run_export(opts: ExportOptions, reporter: Reporter) -> int:
     return 0
 
 
-def _build_variants(
-    source: ModelSource,
-    task: str,
-    opts: ExportOptions,
-    quant: Quantization | None,
-    work: Path,
-    reporter: Reporter,
-) -> list[Variant]:
+def _build_variants(run: ExportRun) -> Variants:
     """The plain export first, then the optimized graph, then the quantized one."""
-    with reporter.step(f"Exporting {source.architecture} ({task}) with Optimum"):
-        path = export_onnx(source, task, opts.opset, work / "export")
+    opts, reporter, work = run.opts, run.reporter, run.work
+    with reporter.step(f"Exporting {run.source.architecture} ({run.task}) with Optimum"):
+        path = export_onnx(run.source, run.task, opts.opset, work / "export")
         check_graph(path)
-    variants = [Variant("fp32", path, True, "Optimum export, FP32")]
+    variants = Variants(Variant("fp32", path, True, "Optimum export, FP32"))
     if opts.optimize:
-        from ortserve.export.optimize import optimize
+        from ortserve.export.convert.optimize import optimize
 
         with reporter.step(f"Optimizing ({opts.optimize})"):
             path = optimize(path.parent, opts.optimize, work / "optimized")
             check_graph(path)
         exact = opts.optimize in EXACT_OPTIMIZE_LEVELS
         description = f"ONNX Runtime transformer optimizer, {opts.optimize}"
-        variants.append(Variant(f"fp32-{opts.optimize}", path, exact, description))
-    if quant is not None:
-        with reporter.step(f"Quantizing: {quant.describe()}"):
+        optimized = Variant(f"fp32-{opts.optimize}", path, exact, description)
+        variants = Variants(variants.exported, optimized=optimized)
+    if run.quant is not None:
+        with reporter.step(f"Quantizing: {run.quant.describe()}"):
             (work / "quantized").mkdir()
-            path = quantize(variants[-1].path, work / "quantized" / "model.onnx", quant)
+            path = quantize(variants.fp32.path, work / "quantized" / "model.onnx", run.quant)
             check_graph(path)
-        variants.append(Variant(quant.variant_name, path, False, quant.describe()))
+        quantized = Variant(run.quant.variant_name, path, False, run.quant.describe())
+        variants = Variants(variants.exported, variants.optimized, quantized)
     return variants
 
 
-def _check(
-    source: ModelSource,
-    task: str,
-    variants: list[Variant],
-    encoded: dict[str, Array],
-    opts: ExportOptions,
-) -> list[Verdict]:
-    torch_model = load_torch_model(source.folder, task)
-    batches = check_batches(open_session(variants[0].path), encoded)
+def _check(run: ExportRun, encoded: dict[str, Array]) -> dict[str, Verdict]:
+    """Each variant's verdict against PyTorch, by variant name."""
+    torch_model = load_torch_model(run.source.folder, run.task)
+    batches = check_batches(open_session(run.variants.exported.path), encoded)
     reference = reference_outputs(torch_model, batches)
     del torch_model
-    verdicts = []
-    for variant in variants:
+    verdicts = {}
+    for variant in run.variants:
         got = run_variant(open_session(variant.path), batches)
-        spec = TASKS[task]
+        spec = run.spec
         figures = compare(reference, got, batches, spec.has_labels, spec.checked_outputs)
-        verdicts.append(judge(variant, figures, opts.thresholds))
+        verdicts[variant.name] = judge(variant, figures, run.opts.thresholds)
     return verdicts
 
 
-def _bench(
-    source: ModelSource,
-    task: str,
-    variants: list[Variant],
-    encoded: dict[str, Array],
-    opts: ExportOptions,
-    work: Path,
-    reporter: Reporter,
-) -> list[BenchRow]:
-    specs = input_specs(open_session(variants[0].path))
+def _bench(run: ExportRun, encoded: dict[str, Array]) -> list[BenchRow]:
+    specs = input_specs(open_session(run.variants.exported.path))
     mask = encoded.get("attention_mask")
     longest = int(mask.sum(axis=1).argmax()) if mask is not None else 0
     feeds = {1: graph_feeds(specs, single(encoded, longest))}
     feeds[BATCH_SIZES[-1]] = graph_feeds(specs, batch_of(encoded, BATCH_SIZES[-1]))
-    inputs = save_inputs(work / "bench-inputs.npz", feeds)
-    candidates = [Candidate("pytorch", "pytorch", source.folder, task)]
-    candidates += [Candidate(v.name, "onnx", v.path, task) for v in variants]
-    threads = opts.bench_threads or os.cpu_count() or 1
+    inputs = save_inputs(run.work / "bench-inputs.npz", feeds)
+    candidates = [Candidate("pytorch", "pytorch", run.source.folder, run.task)]
+    candidates += [Candidate(v.name, "onnx", v.path, run.task) for v in run.variants]
+    threads = run.opts.bench_threads or os.cpu_count() or 1
     label = f"Benchmarking {len(candidates)} variants, one process each, {threads} thread(s)"
-    with reporter.progress(label, len(candidates)) as advance:
-        return run_benchmarks(candidates, inputs, opts.bench_iterations, threads, advance)
+    with run.reporter.progress(label, len(candidates)) as advance:
+        return run_benchmarks(candidates, inputs, run.opts.bench_iterations, threads, advance)
 
 
-def _publish(
-    source: ModelSource,
-    task: str,
-    opts: ExportOptions,
-    variants: list[Variant],
-    verdicts: list[Verdict],
-    bench: list[BenchRow] | None,
-    decisions: list[Decision],
-    max_length: int,
-    quant: Quantization | None,
-    reporter: Reporter,
-) -> dict[str, Published]:
-    chosen = [d.variant for d in decisions if d.publish]
-    if not opts.publish or not chosen or any(d.blocking for d in decisions):
+def _publish(run: ExportRun) -> dict[str, Published]:
+    """Check every chosen variant against the daemon's loader first, then write config.pbtxt
+    (unless the model has one) and publish each as a version of its own."""
+    opts, source, spec = run.opts, run.source, run.spec
+    chosen = [d.variant for d in run.decisions if d.publish]
+    if not opts.publish or not chosen or any(d.blocking for d in run.decisions):
         return {}
-    spec = TASKS[task]
     extra = sentence_transformers_settings(source.folder) if source.sentence_transformers else {}
     folder = model_folder(opts.repo, opts.name)
-    inputs = graph_record(variants[-1].path)["inputs"]
-    text = config_text(spec.config_task, opts.max_batch_size, max_length, extra, inputs)
-    export_dir = variants[0].path.parent
-    common: dict[str, Any] = {
-        **base_manifest(opts.command, "ortserve export"),
-        "run_id": uuid.uuid4().hex,
-        "source": {**source.describe(), "files_sha256": source_files(source.folder)},
-        "options": _options_record(opts, task, max_length, quant),
-        "checks": {
-            "onnx_checker": "passed (full_check) for every variant",
-            "reference": f"PyTorch {source.architecture}, inputs as one padded batch and one "
-            "row at a time",
-            "sample_texts": list(opts.sample_texts or DEFAULT_TEXTS),
-            "variants": {v.variant: v.as_dict() for v in verdicts},
-        },
-        "benchmark": (
-            {
-                "iterations": opts.bench_iterations,
-                "threads": opts.bench_threads or os.cpu_count(),
-                "rows": [r.as_dict() for r in bench],
-            }
-            if bench is not None
-            else None
-        ),
-        "decisions": {d.variant: {"publish": d.publish, "reason": d.reason} for d in decisions},
-        "forced": opts.force,
-    }
-    by_name = {v.name: v for v in variants}
+    inputs = graph_record(run.variants.last.path)["inputs"]
+    text = config_text(spec.config_task, opts.max_batch_size, run.max_length, extra, inputs)
+    common = _common_manifest(run)
     versions: list[tuple[str, dict[str, Path], dict[str, Any]]] = []
     for name in chosen:
-        variant = by_name[name]
-        files = {"model.onnx": variant.path, **_beside_files(export_dir, source, spec)}
+        variant = run.variants.named(name)
+        files = {"model.onnx": variant.path, **_beside_files(run)}
         manifest = {
             "format": common["format"],
             "model": {
                 "name": opts.name,
                 "variant": name,
                 "description": variant.description,
-                "task": task,
+                "task": run.task,
                 "config_task": spec.config_task,
                 "served_as": "tensors" if spec.served_as_tensors else "text",
             },
@@ -274,37 +220,66 @@ def _publish(
     for name, files, manifest in versions:
         published[name] = publish_version(opts.repo, opts.name, files, manifest)
         for stale in published[name].stale_removed:
-            reporter.warn(f"removed {folder / stale}: left by a publish that was killed")
+            run.reporter.warn(f"removed {folder / stale}: left by a publish that was killed")
     return published
 
 
-def _beside_files(export_dir: Path, source: ModelSource, spec: Task) -> dict[str, Path]:
+def _common_manifest(run: ExportRun) -> dict[str, Any]:
+    """What the manifest of every version this run publishes records alike."""
+    opts, source = run.opts, run.source
+    return {
+        **base_manifest(opts.command, "ortserve export"),
+        "run_id": uuid.uuid4().hex,
+        "source": {**source.describe(), "files_sha256": source_files(source.folder)},
+        "options": _options_record(run),
+        "checks": {
+            "onnx_checker": "passed (full_check) for every variant",
+            "reference": f"PyTorch {source.architecture}, inputs as one padded batch and one "
+            "row at a time",
+            "sample_texts": list(opts.sample_texts or DEFAULT_TEXTS),
+            "variants": {name: v.as_dict() for name, v in run.verdicts.items()},
+        },
+        "benchmark": (
+            {
+                "iterations": opts.bench_iterations,
+                "threads": opts.bench_threads or os.cpu_count(),
+                "rows": [r.as_dict() for r in run.bench],
+            }
+            if run.bench is not None
+            else None
+        ),
+        "decisions": {d.variant: {"publish": d.publish, "reason": d.reason} for d in run.decisions},
+        "forced": opts.force,
+    }
+
+
+def _beside_files(run: ExportRun) -> dict[str, Path]:
     """The tokenizer and config files for the version folder: beside model.onnx for a text
     model; in tokenizer/ for a tensor model (the daemon takes a tokenizer.json beside
     model.onnx for a text model)."""
+    export_dir, source = run.variants.export_dir, run.source
     files = {n: export_dir / n for n in ("tokenizer.json", *HF_FILES) if (export_dir / n).is_file()}
     if "tokenizer.json" not in files:
         raise ExportError(f"{source.folder}: the export has no tokenizer.json (no fast tokenizer)")
     for name in SENTENCE_TRANSFORMERS_FILES:
         if (source.folder / name).is_file():
             files[name] = source.folder / name
-    if spec.served_as_tensors:
+    if run.spec.served_as_tensors:
         return {f"{TOKENIZER_FOLDER}/{name}": path for name, path in files.items()}
     return files
 
 
-def _options_record(
-    opts: ExportOptions, task: str, max_length: int, quant: Quantization | None
-) -> dict[str, Any]:
+def _options_record(run: ExportRun) -> dict[str, Any]:
+    opts = run.opts
     return {
-        "task": task,
+        "task": run.task,
         "task_detected": opts.task is None,
         "opset": opts.opset,
         "optimize": opts.optimize,
-        "quantize": quant.target if quant else None,  # "auto" resolved
+        "quantize": run.quant.target if run.quant else None,  # "auto" resolved
         "per_channel": opts.per_channel,
         "quantized_only": opts.quantized_only,
-        "max_length": max_length,
+        "max_length": run.max_length,
         "max_batch_size": opts.max_batch_size,
         "thresholds": {
             "fp32_tolerance": opts.thresholds.fp32_tolerance,
@@ -318,14 +293,11 @@ def _options_record(
     }
 
 
-def _print_checks(
-    reporter: Reporter,
-    variants: list[Variant],
-    verdicts: list[Verdict],
-    bench: list[BenchRow] | None,
-) -> None:
+def _print_checks(run: ExportRun) -> None:
+    reporter, bench = run.reporter, run.bench
     rows = []
-    for variant, verdict in zip(variants, verdicts, strict=True):
+    for variant in run.variants:
+        verdict = run.verdicts[variant.name]
         f = verdict.figures
         agreement = "-" if f.label_agreement is None else f"{f.label_agreement:.3f}"
         size = f"{variant.path.stat().st_size / 1e6:.1f}"
@@ -349,16 +321,11 @@ def _print_checks(
     reporter.table(f"Latency ({iterations} runs each, own process)", columns, rows)
 
 
-def _print_summary(
-    reporter: Reporter,
-    opts: ExportOptions,
-    variants: list[Variant],
-    decisions: list[Decision],
-    published: dict[str, Published],
-) -> None:
-    by_name = {d.variant: d for d in decisions}
+def _print_summary(run: ExportRun, published: dict[str, Published]) -> None:
+    opts = run.opts
+    by_name = {d.variant: d for d in run.decisions}
     rows = []
-    for variant in variants:
+    for variant in run.variants:
         decision = by_name.get(variant.name)
         if variant.name in published:
             where = f"{opts.repo / opts.name / str(published[variant.name].version)}"
@@ -370,4 +337,4 @@ def _print_summary(
             where = "not published"
         reason = decision.reason if decision else "compared only"
         rows.append([variant.name, variant.description, where, reason])
-    reporter.table("Summary", ["variant", "what", "published as", "why"], rows)
+    run.reporter.table("Summary", ["variant", "what", "published as", "why"], rows)

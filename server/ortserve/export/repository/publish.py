@@ -1,4 +1,5 @@
-"""Publish a version into the repository in one atomic step, and write the model's config.pbtxt.
+"""Publish a version into the repository in one atomic step, and write the model's config.pbtxt
+(whose text ``config_writer`` makes) unless it has one.
 
 A version is written into a hidden staging folder inside the model folder (``.staging-...``,
 hidden names are never loaded), every file and folder is flushed to disk, the manifest goes in
@@ -23,18 +24,16 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ortserve.errors import OrtserveError
 from ortserve.export.errors import ExportError
-from ortserve.export.inspect import MANIFEST_FILENAME
+from ortserve.export.repository.manifest import MANIFEST_FILENAME
 from ortserve.repository.config import parse_config_text
 from ortserve.repository.layout import CONFIG_FILENAME, check_model_name, version_dirs
-from ortserve.text.settings import MIN_SEQUENCE_LENGTH, POOLINGS
-from ortserve.text.settings import TASKS as TEXT_TASKS
 
 _CHUNK = 1 << 20
 _ATTEMPTS = 20
@@ -185,79 +184,6 @@ def write_config_if_absent(folder: Path, text: str) -> bool:
         raise
     _fsync_dir(folder)
     return True
-
-
-def check_servable(config_task: str | None, max_batch_size: int) -> None:
-    """Refuse, before any work, a config the daemon would load as a text model and refuse."""
-    if config_task is not None and max_batch_size == 0:
-        raise ExportError(
-            f"--max-batch-size 0: the daemon serves a text model ({config_task}) only with a "
-            "batch axis; give 1 or more"
-        )
-
-
-def config_text(
-    task: str | None,
-    max_batch_size: int,
-    max_sequence_length: int,
-    extra: Mapping[str, str],
-    graph_inputs: Sequence[Mapping[str, Any]] = (),
-) -> str:
-    """A config.pbtxt for an exported model: batching and the task's parameters; inputs and
-    outputs are left to the daemon's auto-completion from the graph. ``task`` None: a tensor
-    model, with no text parameters at all (``max_sequence_length`` and ``extra`` are dropped).
-    A decoder with past inputs gets a ``model_warmup`` of one token and an empty past (the
-    daemon's default warm-up, one row of zeros with every dynamic axis 1, would give it a past
-    longer than its mask)."""
-    what = f"task {task}" if task else "a tensor model: no text task, the graph's own tensors"
-    lines = [
-        f"# Written by `ortserve export` ({what}). Inputs and outputs come from the model;",
-        "# edit freely: the exporter never overwrites an existing config.pbtxt.",
-        f"max_batch_size: {max_batch_size}",
-    ]
-    if max_batch_size > 0:
-        lines.append("dynamic_batching { }")
-    parameters: dict[str, str] = {}
-    if task:
-        parameters = {"task": task, "max_sequence_length": str(max_sequence_length), **extra}
-        _check_text_parameters(parameters)
-    for key, value in parameters.items():
-        entry = f"{{ string_value: {json.dumps(value)} }}"
-        lines.append(f"parameters {{ key: {json.dumps(key)} value: {entry} }}")
-    if any(str(i["name"]).startswith("past_key_values") for i in graph_inputs):
-        lines += _past_warmup(graph_inputs, batched=max_batch_size > 0)
-    return "\n".join(lines) + "\n"
-
-
-def _check_text_parameters(parameters: Mapping[str, str]) -> None:
-    """Never write text settings the daemon's text/settings.py would refuse."""
-    accepted = {"task": TEXT_TASKS, "pooling": POOLINGS}
-    for key, allowed in accepted.items():
-        if key in parameters and parameters[key] not in allowed:
-            raise ExportError(
-                f"config.pbtxt parameters '{key}': the daemon does not serve "
-                f"'{parameters[key]}' (it takes {', '.join(allowed)})"
-            )
-    if int(parameters["max_sequence_length"]) < MIN_SEQUENCE_LENGTH:
-        raise ExportError(
-            f"max_sequence_length {parameters['max_sequence_length']}: the daemon needs at "
-            f"least {MIN_SEQUENCE_LENGTH} tokens"
-        )
-
-
-def _past_warmup(graph_inputs: Sequence[Mapping[str, Any]], batched: bool) -> list[str]:
-    lines = ["model_warmup [ {", '  name: "one token, empty past"', "  batch_size: 1"]
-    for tensor in graph_inputs:
-        name = str(tensor["name"])
-        dims = list(tensor["dims"])[1:] if batched else list(tensor["dims"])
-        empty = 0 if name.startswith("past_key_values") else 1
-        sizes = ", ".join(str(d if isinstance(d, int) and d > 0 else empty) for d in dims)
-        lines.append(
-            f"  inputs {{ key: {json.dumps(name)} value: {{ data_type: TYPE_{tensor['datatype']} "
-            f"dims: [ {sizes} ] zero_data: true }} }}"
-        )
-    lines.append("} ]")
-    return lines
 
 
 def sha256_file(path: Path) -> str:
