@@ -23,6 +23,7 @@ from ortserve_client.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from ortserve_client.generation import Generation
 from ortserve_client.tasks import Answer, Classification, Entity
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "Client",
     "DeadlineExceededError",
     "Entity",
+    "Generation",
     "InferResult",
     "InferenceServerError",
     "InvalidArgumentError",

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ortserve_client import _calls, tasks
+from ortserve_client import _calls, generation, tasks
 from ortserve_client._base import (
     InferResult,
     Inputs,
@@ -293,6 +293,59 @@ class Client:
             call.cancel()  # nothing to do once the stream has ended; else (a break) ends it
         if results.error is not None:
             raise results.error
+
+    # -- text generation -----------------------------------------------------------------------
+
+    def generate(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        version: str | None = None,
+        timeout: float | None = None,
+        **sampling: Any,
+    ) -> generation.Generation:
+        """Generate from ``prompt`` (a generation model); ``sampling``: ``max_tokens``,
+        ``temperature`` (0: greedy), ``top_k``, ``top_p``, ``repetition_penalty``, ``seed``,
+        ``stop`` (a string or a list), ``ignore_eos``. The text is without the prompt.
+
+        ``client.generate("gpt2", "Once upon a time", max_tokens=32).text``"""
+        inputs = generation.generation_inputs(prompt, False, sampling, model)
+        result = self.infer(model, inputs, version=version, timeout=timeout)
+        return generation.generation(result)
+
+    def generate_stream(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        version: str | None = None,
+        timeout: float | None = None,
+        **sampling: Any,
+    ) -> Iterator[str]:
+        """``generate``, streamed: the text as it is generated, piece by piece (a piece never
+        splits a character). Leaving the loop early cancels the generation on the server.
+
+        ``for piece in client.generate_stream("gpt2", "Hi", max_tokens=32): print(piece)``"""
+        arrays = generation.generation_inputs(prompt, True, sampling, model)
+        request = _calls.infer_request(model, arrays, _calls.InferOptions(version=version))
+        call = self._stub.ModelStreamInfer(
+            iter([request]),
+            timeout=timeout or self._timeout,
+            metadata=self._metadata,
+            wait_for_ready=self._wait_for_ready,
+        )
+        try:
+            for response in call:
+                text, final = generation.stream_text(response, model)
+                if text:
+                    yield text
+                if final:
+                    return
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, model) from None
+        finally:
+            call.cancel()  # nothing to do once the stream has ended; else (a break) ends it
 
     # -- text tasks ----------------------------------------------------------------------------
 

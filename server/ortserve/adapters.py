@@ -9,13 +9,18 @@ per task from ``ortserve.text.adapters``. The data plane (``inference``, ``execu
 
 A new kind of model lands as one new adapter class: it fills in ``Prepared`` (its own ``state``
 carries whatever ``finish`` needs) and, if its requests may differ in length, a ``Padding``.
+
+A model that runs itself rather than through the batcher, and may answer one request more than
+once (Triton's decoupled models: a generation model streaming its tokens), has an adapter that is
+also a ``StreamingAdapter``: after ``prepare``, the data plane iterates its ``respond`` instead of
+batching, and ``finish`` is never called.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ortserve.datatypes import CONFIG_TO_WIRE
 from ortserve.validation import check_inputs, check_outputs
@@ -88,6 +93,40 @@ class RequestAdapter(Protocol):
     def finish(self, prepared: Prepared, outputs: Mapping[str, Array]) -> dict[str, OutputTensor]:
         """Every tensor the answer may hold, by name, from the request's rows of the model's
         outputs; the data plane picks ``prepared.outputs`` from them."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One response of a streaming adapter: the answer's tensors by name (the data plane picks
+    ``prepared.outputs`` from them) and whether it is the request's last."""
+
+    outputs: dict[str, OutputTensor]
+    final: bool
+
+
+@runtime_checkable
+class StreamingAdapter(RequestAdapter, Protocol):
+    """An adapter whose model runs itself and may answer a request several times (decoupled).
+
+    ``respond`` is an async generator: every ``Reply`` but the last has ``final`` false; errors
+    (InvalidInput for bad request parameters, Overloaded, DeadlineExpired...) are raised from it,
+    before or between replies. Closing it early (the caller went away) stops the request's work.
+    With ``once``, it answers with a single final reply holding the whole answer (a unary call).
+    """
+
+    @property
+    def decoupled(self) -> bool: ...
+
+    def respond(
+        self,
+        prepared: Prepared,
+        parameters: Mapping[str, Any],
+        deadline: float | None,
+        *,
+        once: bool,
+    ) -> AsyncGenerator[Reply, None]:
+        """``parameters``: the request's; ``deadline``: on the event loop's clock, or None."""
         ...
 
 

@@ -2,7 +2,9 @@
 
 What a request is before and after the batcher is the version's adapter's business
 (``ortserve.adapters``: a tensor model's, or a text task's); the path here is the same for every
-kind of model. What happened to it is recorded once, in the version's recorder.
+kind of model. A model that runs itself (a ``StreamingAdapter``: a generation model) takes the
+prepared request instead of the batcher and may answer it several times (``infer_stream``). What
+happened to a request is recorded once, in the version's recorder.
 
 Transport-free: protocol/ turns gRPC messages into an ``InferRequest`` and an ``InferResponse``
 back into a message.
@@ -11,22 +13,28 @@ back into a message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ortserve.adapters import OutputTensor, Prepared
+from ortserve.adapters import OutputTensor, Prepared, StreamingAdapter
 from ortserve.errors import InvalidInput, ModelNotReady, OrtserveError
 from ortserve.execution import ItemResult, merge_results
 from ortserve.lifecycle import Admission
 from ortserve.observability.metrics import Metrics
 from ortserve.observability.recorder import count_failure
+from ortserve.observability.statistics import ComputeTimes
 from ortserve.registry.models import ModelRegistry
 from ortserve.registry.versions import ServedVersion
 from ortserve_client.tensors import Array, DecodedTensor
+
+#: Triton's request parameter: a decoupled model's last response is an empty one that only
+#: carries the final flag (otherwise the flag rides on the last response with outputs).
+EMPTY_FINAL_RESPONSE = "triton_enable_empty_final_response"
 
 
 @dataclass(slots=True)
@@ -48,6 +56,7 @@ class InferResponse:
     id: str
     outputs: list[OutputTensor]
     parameters: dict[str, Any] = field(default_factory=dict)
+    final: bool | None = None  # a decoupled model's response: whether it is the request's last
 
 
 class InferenceService:
@@ -64,38 +73,69 @@ class InferenceService:
         self.admission = admission if admission is not None else Admission()
 
     async def infer(self, request: InferRequest) -> InferResponse:
+        """One final response (a decoupled model's whole answer in one)."""
+        async with contextlib.aclosing(self._responses(request, once=True)) as responses:
+            async for response in responses:
+                return response
+        raise AssertionError("a request ended without a response")  # every path answers
+
+    def infer_stream(self, request: InferRequest) -> AsyncGenerator[InferResponse, None]:
+        """The responses of one request as they are made: one for most models, one or more for
+        a decoupled one (the last with ``final`` true). Close it to abandon the request."""
+        return self._responses(request, once=False)
+
+    async def _responses(
+        self, request: InferRequest, once: bool
+    ) -> AsyncGenerator[InferResponse, None]:
         if not self.admission.open:
             raise ModelNotReady("the server is shutting down; send the request to another replica")
         with self.admission.counted():
-            return await self._infer(request)
+            started = time.perf_counter_ns()
+            served: ServedVersion | None = None
+            answered = False  # the last response has been handed over: leaving now is no failure
+            try:
+                # The lease keeps this version open until its last response is built, even if
+                # a newer version is swapped in meanwhile.
+                with (
+                    self._registry.lease(request.model_name, request.model_version) as served,
+                    served.recorder.pending(),
+                ):
+                    queue = _queue_parameters(request.parameters)
+                    adapter = served.adapter
+                    prepared = await adapter.prepare(request.inputs, request.outputs)
+                    if isinstance(adapter, StreamingAdapter):
+                        replies = self._replies(served, adapter, prepared, request, once, started)
+                        async with contextlib.aclosing(replies):
+                            async for response in replies:
+                                answered = response.final is not False
+                                yield response
+                    else:
+                        response = await self._run(served, prepared, request, queue, started)
+                        answered = True
+                        yield response
+            except (OrtserveError, asyncio.CancelledError) as exc:
+                self._failed(served, exc, started, request.model_name)
+                raise
+            except GeneratorExit:  # the caller left: a failure unless it had its last response
+                if not answered:
+                    self._failed(served, asyncio.CancelledError(), started, request.model_name)
+                raise
 
-    async def _infer(self, request: InferRequest) -> InferResponse:
-        started = time.perf_counter_ns()
-        served: ServedVersion | None = None
-        try:
-            # The lease keeps this version's sessions open until the answer is built, even if
-            # a newer version is swapped in meanwhile.
-            with (
-                self._registry.lease(request.model_name, request.model_version) as served,
-                served.recorder.pending(),
-            ):
-                return await self._run(served, request)
-        except (OrtserveError, asyncio.CancelledError) as exc:
-            self._failed(served, exc, started, request.model_name)
-            raise
-
-    async def _run(self, served: ServedVersion, request: InferRequest) -> InferResponse:
-        started = time.perf_counter_ns()
-        priority, timeout_us = _queue_parameters(request.parameters)
+    async def _run(
+        self,
+        served: ServedVersion,
+        prepared: Prepared,
+        request: InferRequest,
+        queue: tuple[int, int],
+        started: int,
+    ) -> InferResponse:
+        """Through the batcher: one response."""
+        priority, timeout_us = queue
         adapter = served.adapter
-        prepared = await adapter.prepare(request.inputs, request.outputs)
         unknown = set(request.classification) - set(prepared.outputs)
         if unknown:
             raise InvalidInput(f"classification asked for outputs not requested: {sorted(unknown)}")
-        deadline = None
-        if request.timeout_s is not None:
-            deadline = asyncio.get_running_loop().time() + request.timeout_s
-        result = await _submit(served, prepared, priority, timeout_us, deadline)
+        result = await _submit(served, prepared, priority, timeout_us, _deadline(request))
         tensors = adapter.finish(prepared, result.outputs)
         _classification(tensors, request.classification, adapter.labels)
         # Counted once the answer is built: a request that fails in post-processing is a failure.
@@ -111,13 +151,59 @@ class InferenceService:
         }
         if prepared.length is not None:  # a paddable request: how much of its batch was padding
             parameters["padding_ratio"] = round(result.padding_ratio, 4)
-        return InferResponse(
-            model_name=served.model_name,
-            model_version=str(served.version),
-            id=request.id,
-            outputs=[tensors[name] for name in prepared.outputs],
-            parameters=parameters,
-        )
+        return _response(served, request, [tensors[name] for name in prepared.outputs], parameters)
+
+    async def _replies(
+        self,
+        served: ServedVersion,
+        adapter: StreamingAdapter,
+        prepared: Prepared,
+        request: InferRequest,
+        once: bool,
+        started: int,
+    ) -> AsyncGenerator[InferResponse, None]:
+        """A model that runs itself: its replies as responses (``final`` None when ``once``).
+        With Triton's empty-final option (a stream only), the last reply goes out unflagged and
+        an empty response ends it."""
+        if request.classification:
+            raise InvalidInput("classification is not offered by this model")
+        empty_final = not once and _flag(request.parameters, EMPTY_FINAL_RESPONSE)
+        decoupled = adapter.decoupled and not once
+        replies = adapter.respond(prepared, request.parameters, _deadline(request), once=once)
+        answered = Answered(served, started)
+        async with contextlib.aclosing(replies):
+            try:
+                async for reply in replies:
+                    names = [name for name in prepared.outputs if name in reply.outputs]
+                    outputs = [reply.outputs[name] for name in names]
+                    if reply.final:  # counted once the whole answer is built
+                        answered.done = True
+                        total_ns = time.perf_counter_ns() - started
+                        served.recorder.success(
+                            prepared.client_rows, total_ns, 0, ComputeTimes(infer_ns=total_ns)
+                        )
+                    answered.response("success")
+                    final = reply.final and not empty_final
+                    yield _response(served, request, outputs, {}, final if decoupled else None)
+            except (asyncio.CancelledError, GeneratorExit):
+                if not answered.done:  # closed after its final reply: no cancellation
+                    answered.response("cancel")
+                raise
+            except BaseException:
+                answered.response("fail")
+                raise
+        if empty_final:
+            answered.response("empty_response")
+            yield _response(served, request, [], {}, True)
+
+    def is_decoupled(self, model_name: str, model_version: str) -> bool:
+        """Whether the version a request would reach answers as a decoupled model (False when
+        it cannot be resolved: its error says why)."""
+        try:
+            adapter = self._registry.resolve(model_name, model_version).adapter
+        except OrtserveError:
+            return False
+        return isinstance(adapter, StreamingAdapter) and adapter.decoupled
 
     def check_target(self, model_name: str, model_version: str) -> None:
         """Refuse, as ``infer`` would, a request to a model or version that cannot serve it,
@@ -143,6 +229,53 @@ class InferenceService:
         # ones without bound.
         label = model_name if self._registry.knows(model_name) else ""
         count_failure(self._metrics, label, exc)
+
+
+class Answered:
+    """The responses of one request answered several times, timed for the statistics."""
+
+    def __init__(self, served: ServedVersion, started: int) -> None:
+        self._recorder = served.recorder
+        self._index = 0
+        self._last = started
+        self.done = False  # the final reply has been made
+
+    def response(self, outcome: str) -> None:
+        now = time.perf_counter_ns()
+        self._recorder.response(self._index, now - self._last, outcome)
+        self._index += 1
+        self._last = now
+
+
+def _response(
+    served: ServedVersion,
+    request: InferRequest,
+    outputs: list[OutputTensor],
+    parameters: dict[str, Any],
+    final: bool | None = None,
+) -> InferResponse:
+    return InferResponse(
+        model_name=served.model_name,
+        model_version=str(served.version),
+        id=request.id,
+        outputs=outputs,
+        parameters=parameters,
+        final=final,
+    )
+
+
+def _deadline(request: InferRequest) -> float | None:
+    """The caller's deadline on the event loop's clock (the batcher's and the engine's)."""
+    if request.timeout_s is None:
+        return None
+    return asyncio.get_running_loop().time() + request.timeout_s
+
+
+def _flag(parameters: Mapping[str, Any], key: str) -> bool:
+    value = parameters.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"request parameter '{key}' must be a bool, got {value!r}")
+    return value
 
 
 def _queue_parameters(parameters: dict[str, Any]) -> tuple[int, int]:

@@ -74,8 +74,8 @@ X = np.arange(8, dtype=np.float32).reshape(2, 4)
 def test_public_api_is_pinned() -> None:
     assert sorted(ortserve_client.__all__) == [
         "Answer", "AsyncClient", "Classification", "Client", "DeadlineExceededError", "Entity",
-        "InferResult", "InferenceServerError", "InvalidArgumentError", "NotFoundError",
-        "ResourceExhaustedError", "UnavailableError",
+        "Generation", "InferResult", "InferenceServerError", "InvalidArgumentError",
+        "NotFoundError", "ResourceExhaustedError", "UnavailableError",
     ]  # fmt: skip
     # Every pinned name is there, and every public class the package exports is pinned.
     exported = {n for n, v in vars(ortserve_client).items() if isinstance(v, type)}

@@ -51,8 +51,7 @@ def _parameters(model_dir: Path) -> dict[str, str]:
         ("question-answering", None, "question-answering", False),
         ("feature-extraction", None, "feature-extraction", False),
         ("sentence-embeddings", None, "sentence-embeddings", True),
-        ("gpt2", None, None, True),  # no generation pipeline: a tensor model
-        ("gpt2", "text-generation", None, False),
+        # causal LMs (generation models): tests/export/test_generation_export.py
     ],
 )
 def test_export_publishes_files_manifest_and_config(
@@ -118,7 +117,7 @@ def test_export_publishes_files_manifest_and_config(
     config = parse_config_text((repo / "m" / "config.pbtxt").read_text(), "c").config
     assert config.max_batch_size == 32
     assert config.HasField("dynamic_batching")
-    assert bool(config.model_warmup) == (model == "gpt2" and task is None)  # past inputs
+    assert not config.model_warmup  # the daemon's default warm-up fits encoders
 
     names = _served_names(repo / "m", 1, config_task)
     assert ("TEXT" in names) is (config_task is not None)

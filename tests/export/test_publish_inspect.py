@@ -225,34 +225,46 @@ def test_help_explains_every_flag() -> None:
     assert all(name in top.stdout for name in ("serve", "export", "publish", "inspect"))
 
 
-def test_publish_a_language_model_as_a_tensor_model(
+def test_publish_a_language_model_as_a_generation_model(
     tmp_path: Path, cli: CLI, tiny_models: dict[str, Path]
 ) -> None:
-    """The daemon has no generation pipeline: export and publish both leave out the text task and
-    keep tokenizer.json away from model.onnx (which would make the daemon load a text model)."""
+    """An exported causal LM republished: recognised as a generation model (from the manifest
+    beside it), its tokenizer beside model.onnx, the generation config written; without a
+    tokenizer.json the same graph is a tensor model (the engine could not tokenize for it)."""
     repo = tmp_path / "repo"
     exported = cli("export", "--model", tiny_models["gpt2"], "--name", "lm", "--repo", repo,
-                   "--no-bench", "--max-batch-size", "0")  # fmt: skip
+                   "--no-bench")  # fmt: skip
     assert exported.code == 0, exported.err
-    assert "no text-generation-with-past pipeline" in exported.err
     result = cli("publish", repo / "lm" / "1", "--name", "copy", "--repo", repo)
     assert result.code == 0, result.err
-    assert "published as a tensor model" in result.err
     record = manifest(repo / "copy" / "1")
     assert record["model"]["task"] == "text-generation-with-past"  # from the manifest beside it
-    assert (record["model"]["config_task"], record["model"]["served_as"]) == (None, "tensors")
-    assert "tokenizer/tokenizer.json" in record["files"]
-    assert not (repo / "copy" / "1" / "tokenizer.json").exists()
+    assert (record["model"]["config_task"], record["model"]["served_as"]) == (
+        "text-generation",
+        "generation",
+    )
+    assert {"tokenizer.json", "generation_config.json", "config.json"} <= set(record["files"])
     config = (repo / "copy" / "config.pbtxt").read_text()
-    assert "parameters" not in config
-    assert "model_warmup" in config  # past inputs: one token, an empty past
+    assert "max_batch_size: 0" in config
+    assert "model_transaction_policy { decoupled: true }" in config
+    assert "model_warmup" not in config
     refused = cli("publish", repo / "lm" / "1", "--name", "copy2", "--repo", repo,
                   "--max-length", "64")  # fmt: skip
     assert refused.code == 1
-    assert "--max-length 64: a text-generation-with-past model is published as a tensor" in (
+    assert "--max-length 64: a text-generation-with-past model has no max_sequence_length" in (
         refused.err.replace("\n", " ")
     )
     assert not (repo / "copy2").exists()
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(repo / "lm" / "1" / "model.onnx", bare / "model.onnx")
+    result = cli("publish", bare, "--name", "tensors", "--repo", repo)
+    assert result.code == 0, result.err
+    assert "no tokenizer.json for the generation engine" in result.out.replace("\n", " ")
+    record = manifest(repo / "tensors" / "1")
+    assert (record["model"]["task"], record["model"]["served_as"]) == (None, "tensors")
+    assert "model_warmup" in (repo / "tensors" / "config.pbtxt").read_text()  # empty past
 
 
 def test_publish_refuses_settings_the_daemon_would_refuse(tmp_path: Path, cli: CLI) -> None:

@@ -234,10 +234,12 @@ def test_every_task_the_exporter_writes_is_one_the_daemon_serves() -> None:
     from ortserve.text.settings import TASKS as DAEMON_TASKS
 
     for task in TASKS.values():
-        assert task.config_task is None or task.config_task in DAEMON_TASKS, task.name
-        assert task.served_as_tensors is task.generates, task.name  # no generation pipeline
-    with pytest.raises(ExportError, match="does not serve 'text-generation'"):
-        config_text("text-generation", 8, 128, {})
+        # a causal LM goes to the generation engine, every other task to a text pipeline
+        assert task.generates or task.config_task in DAEMON_TASKS, task.name
+        assert task.generates is task.name.startswith("text-generation"), task.name
+        assert not task.served_as_tensors, task.name
+    with pytest.raises(ExportError, match="does not serve 'token-generation'"):
+        config_text("token-generation", 8, 128, {})
     with pytest.raises(ExportError, match="does not serve 'weightedmean'"):
         config_text("feature-extraction", 8, 128, {"pooling": "weightedmean"})
     with pytest.raises(ExportError, match="at least 2 tokens"):

@@ -43,6 +43,7 @@ def _top(names: set[str]) -> set[str]:
         ("runtime", {"grpc"}),
         ("text", {"grpc"}),
         ("registry", {"grpc"}),
+        ("generation", {"grpc"}),
     ],
 )
 def test_server_layering(package: str, forbidden: set[str]) -> None:

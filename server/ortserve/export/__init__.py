@@ -9,9 +9,12 @@ these commands runs.
 Layout:
 
 - ``cli``: the command line (flags, help, exit statuses); ``commands/``: one module per command
-  (``export``, ``publish``, ``inspect``), and ``ExportRun``, the state one export shares.
-- ``convert/``: making graphs (the Optimum export, the optimizer, quantization).
-- ``verify/``: judging them (sample inputs, parity check, benchmark, which variants to publish).
+  (``export``, ``publish``, ``inspect``), ``ExportRun``, the state one export shares, and
+  ``export_generation``, the export steps that differ for a causal LM (a generation model).
+- ``convert/``: making graphs (the Optimum export, the LM head cut to the last position for a
+  generation model, the optimizer, quantization).
+- ``verify/``: judging them (sample inputs, parity check, a generation model's prefill and decode
+  check, benchmark, which variants to publish).
 - ``repository/``: writing them (atomic publish, config.pbtxt, manifest, the daemon's loader
   rules run beforehand).
 - ``source`` (the model folder exported from), ``graph`` (an ONNX file described without running

@@ -77,8 +77,12 @@ def _repo_arguments(parser: argparse.ArgumentParser, publish: bool = False) -> N
             "from the graph"
         )
     else:
-        length_use, tensor_note = " (and the check's truncation)", ""
-        batch_default = DEFAULT_MAX_BATCH_SIZE
+        length_use = " (and the check's truncation)"
+        tensor_note = (
+            "; a text-generation model gets max_batch_size 0 and this as its max_num_seqs, the "
+            "rows its engine decodes at once (default: the engine's, 16)"
+        )
+        batch_default = None
     parser.add_argument(
         "--max-length",
         type=_int_at_least(MIN_SEQUENCE_LENGTH),
@@ -122,8 +126,9 @@ def build_export_parser() -> argparse.ArgumentParser:
         help="what the model does; default: detected (modules.json -> "
         "sentence-embeddings, else from the architecture's head, e.g. "
         "...ForSequenceClassification -> text-classification, ...LMHeadModel -> "
-        "text-generation-with-past); text-generation tasks are published as tensor models "
-        "(the daemon has no generation pipeline)",
+        "text-generation-with-past); both text-generation tasks publish a generation model: "
+        "the with-past export, its LM head sliced to the last position, served text in and "
+        "tokens streamed out",
     )
     p.add_argument(
         "--opset",

@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ortserve.repository.config import DEFAULT_MAX_BATCH_SIZE
-
 
 @dataclass(frozen=True, slots=True)
 class Task:
@@ -24,8 +22,10 @@ class Task:
 
     @property
     def generates(self) -> bool:
-        """A causal language model (next-token logits, maybe past key/values in and out)."""
-        return self.name.startswith("text-generation")
+        """A causal language model, published as a generation model: the with-past export
+        with its LM head sliced to the last position, served by the daemon's generation
+        engine (text in, tokens streamed out)."""
+        return self.config_task == GENERATION_TASK
 
     @property
     def served_as_tensors(self) -> bool:
@@ -33,9 +33,22 @@ class Task:
         tokenizer.json, so it serves the graph's own inputs and outputs."""
         return self.config_task is None
 
+    @property
+    def served_as(self) -> str:
+        """What the manifest records: ``generation``, ``text`` or ``tensors``."""
+        if self.generates:
+            return "generation"
+        return "tensors" if self.served_as_tensors else "text"
+
 
 _TEXT = "transformers"
 _ST = "sentence_transformers"
+_WITH_PAST = "text-generation-with-past"
+#: The ``task`` parameter of a generation model's config.pbtxt (the daemon's generation engine).
+GENERATION_TASK = "text-generation"
+#: What the generation check compares: the next-token logits after the prompt, and after one
+#: decode step fed the prompt's past (``verify/generation.py``).
+GENERATION_OUTPUTS = ("logits", "decode_logits")
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
@@ -52,9 +65,24 @@ TASKS: dict[str, Task] = {
             False,
             checked_outputs=("sentence_embedding",),
         ),
-        # The daemon has no generation pipeline: a causal LM is served as a tensor model.
-        Task("text-generation", "text-generation", _TEXT, None, True),
-        Task("text-generation-with-past", "text-generation-with-past", _TEXT, None, True),
+        # A causal LM: one with-past graph for prefill (an empty past) and decode alike, both
+        # tasks. Judged on the next-token logits, after the prompt and after one decode step.
+        Task(
+            "text-generation",
+            _WITH_PAST,
+            _TEXT,
+            GENERATION_TASK,
+            True,
+            checked_outputs=GENERATION_OUTPUTS,
+        ),
+        Task(
+            _WITH_PAST,
+            _WITH_PAST,
+            _TEXT,
+            GENERATION_TASK,
+            True,
+            checked_outputs=GENERATION_OUTPUTS,
+        ),
     )
 }
 
@@ -82,7 +110,7 @@ TOKENIZER_FOLDER = "tokenizer"
 def tensor_model_note(task: str) -> str:
     """What the exporter says when it publishes ``task`` as a tensor model."""
     return (
-        f"the daemon has no {task} pipeline (no text generation): the model is published as a "
+        f"the daemon has no {task} pipeline: the model is published as a "
         "tensor model, without a `task` parameter, and serves its graph's own inputs "
         "(input_ids, attention_mask...) and outputs (logits...); clients tokenize and decode "
         f"themselves, with the tokenizer files published in {TOKENIZER_FOLDER}/"
@@ -112,7 +140,9 @@ class ExportOptions:
     per_channel: bool = True  # dynamic INT8: one scale per weight column, not per tensor
     quantized_only: bool = False  # publish only the quantized variant, not the FP32 one too
     max_length: int | None = None  # tokens; None: from the model's files, capped at 512
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE  # written into a new config.pbtxt
+    # written into a new config.pbtxt; None: DEFAULT_MAX_BATCH_SIZE (a generation model: no
+    # batch axis, and this is its max_num_seqs, None leaving the engine's default)
+    max_batch_size: int | None = None
     sample_texts: tuple[str, ...] = ()  # () : the built-in sentences
     thresholds: Thresholds = Thresholds()
     bench: bool = True

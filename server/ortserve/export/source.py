@@ -24,7 +24,12 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")  # fullmatch: "$" allow
 
 #: Files published beside model.onnx when the export has them (sentence-transformers files are
 #: copied from the source folder).
-HF_FILES = ("config.json", "tokenizer_config.json", "special_tokens_map.json")
+HF_FILES = (
+    "config.json",
+    "generation_config.json",  # a causal LM's: eos ids, max length (the generation engine)
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json")
 
 #: A model folder's tokenizer: a fast tokenizer's tokenizer.json, its tokenizer_config.json, or

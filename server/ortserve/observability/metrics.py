@@ -13,6 +13,18 @@
 - ``ortserve_model_ready{model}``: 1 while the model serves, 0 otherwise.
 - ``ortserve_tokens_total{model,kind}``: text models: tokens run, ``kind`` real (the texts) or
   padded (what the batches ran, padding included); padded / real is the padding ratio.
+
+Generation models (``GenerationSeries``, fed by the engine through the version's recorder):
+
+- ``ortserve_time_to_first_token_seconds{model}``: from a request's arrival to its first token.
+- ``ortserve_inter_token_latency_seconds{model}``: between consecutive tokens of one request.
+- ``ortserve_generated_tokens_total{model}``: tokens generated (``rate()`` of it: tokens/s);
+  ``ortserve_prompt_tokens_total{model}``: prompt tokens of finished requests.
+- ``ortserve_generations_total{model,reason}``: requests ended, by finish reason (``length``,
+  ``stop``, ``eos``, ``cancelled``).
+- ``ortserve_running_sequences{model}``, ``ortserve_waiting_sequences{model}``,
+  ``ortserve_kv_tokens{model}``: after each scheduler step, the rows decoding, the requests
+  waiting for a row, the KV-cache positions in use.
 """
 
 from __future__ import annotations
@@ -65,9 +77,48 @@ class ModelMetrics:
         self.padded_tokens.inc(padded)
 
 
+_TOKEN_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
+    0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationSeries:
+    """One generation model's series, resolved once (the engine reports every token)."""
+
+    first_token_s: Histogram
+    token_gap_s: Histogram
+    generated_tokens: Counter
+    prompt_tokens: Counter
+    finished_by_reason: Counter  # the parent: a child per reason, made on first use
+    model: str
+    running: Gauge
+    waiting: Gauge
+    kv_tokens: Gauge
+
+    def first_token(self, seconds: float) -> None:
+        self.first_token_s.observe(seconds)
+        self.generated_tokens.inc()
+
+    def token_gap(self, seconds: float) -> None:
+        self.token_gap_s.observe(seconds)
+        self.generated_tokens.inc()
+
+    def finished(self, input_tokens: int, output_tokens: int, reason: str) -> None:
+        self.prompt_tokens.inc(input_tokens)
+        self.finished_by_reason.labels(self.model, reason).inc()
+
+    def load(self, running: int, waiting: int, kv_tokens: int) -> None:
+        self.running.set(running)
+        self.waiting.set(waiting)
+        self.kv_tokens.set(kv_tokens)
+
+
 class Metrics:
     def __init__(self) -> None:
         self._models: dict[str, ModelMetrics] = {}
+        self._generation: dict[str, GenerationSeries] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "ortserve_requests", "Successful ModelInfer requests", ["model"], registry=self.registry
@@ -126,6 +177,78 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+
+        self._generation_series()
+
+    def _generation_series(self) -> None:
+        registry = self.registry
+        self.first_token = Histogram(
+            "ortserve_time_to_first_token_seconds",
+            "Generation: time from a request's arrival to its first token",
+            ["model"],
+            buckets=_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.token_gap = Histogram(
+            "ortserve_inter_token_latency_seconds",
+            "Generation: time between consecutive tokens of one request",
+            ["model"],
+            buckets=_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.generated_tokens = Counter(
+            "ortserve_generated_tokens",
+            "Generation: tokens generated",
+            ["model"],
+            registry=registry,
+        )
+        self.prompt_tokens = Counter(
+            "ortserve_prompt_tokens",
+            "Generation: prompt tokens of finished requests",
+            ["model"],
+            registry=registry,
+        )
+        self.generations = Counter(
+            "ortserve_generations",
+            "Generation: requests ended, by finish reason",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.running = Gauge(
+            "ortserve_running_sequences",
+            "Generation: rows decoding",
+            ["model"],
+            registry=registry,
+        )
+        self.waiting = Gauge(
+            "ortserve_waiting_sequences",
+            "Generation: requests waiting for a row",
+            ["model"],
+            registry=registry,
+        )
+        self.kv_tokens = Gauge(
+            "ortserve_kv_tokens",
+            "Generation: KV-cache positions in use",
+            ["model"],
+            registry=registry,
+        )
+
+    def generation(self, name: str) -> GenerationSeries:
+        """A generation model's series (shared by its versions, as labels are by model)."""
+        found = self._generation.get(name)
+        if found is None:
+            found = self._generation[name] = GenerationSeries(
+                first_token_s=self.first_token.labels(name),
+                token_gap_s=self.token_gap.labels(name),
+                generated_tokens=self.generated_tokens.labels(name),
+                prompt_tokens=self.prompt_tokens.labels(name),
+                finished_by_reason=self.generations,
+                model=name,
+                running=self.running.labels(name),
+                waiting=self.waiting.labels(name),
+                kv_tokens=self.kv_tokens.labels(name),
+            )
+        return found
 
     def model(self, name: str) -> ModelMetrics:
         found = self._models.get(name)

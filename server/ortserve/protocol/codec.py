@@ -26,6 +26,8 @@ from ortserve_client.tensors import (
 #: The most elements one BYTES tensor of a request may declare (INVALID_ARGUMENT beyond it,
 #: before anything is decoded). Decoding costs a Python object per element: ~0.5 s at this count.
 MAX_BYTES_ELEMENTS = 2**20
+#: The response parameter that flags a decoupled model's last response of a request (Triton's).
+FINAL_RESPONSE = "triton_final_response"
 #: Requests (and answers) with more per-element work than this are converted in a worker thread;
 #: smaller ones stay on the loop, where a thread hop would cost more than the work.
 OFF_LOOP_ELEMENTS = 16_384
@@ -100,6 +102,8 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
         message.raw_output_contents.append(encode_raw(output.array))
     for key, value in response.parameters.items():
         set_parameter(message.parameters[key], value)
+    if response.final is not None:  # a decoupled model's response: Triton's flag on every one
+        message.parameters[FINAL_RESPONSE].bool_param = response.final
     return message
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from ortserve.datatypes import CONFIG_TO_WIRE
-from ortserve.observability.statistics import Duration, VersionStatistics
+from ortserve.observability.statistics import RESPONSE_OUTCOMES, Duration, VersionStatistics
 from ortserve.registry.models import IndexEntry
 from ortserve.registry.versions import ServedVersion
 from ortserve.repository.config import PLATFORM
@@ -81,6 +81,11 @@ def model_statistics(served: Sequence[ServedVersion]) -> pb.ModelStatisticsRespo
             "compute_output",
         ):
             _duration(getattr(infer, name), getattr(stats, name))
+        for index, answered in sorted(stats.responses.items()):
+            target = entry.response_stats[str(index)]
+            _duration(target.compute_infer, answered.compute_infer)
+            for outcome in RESPONSE_OUTCOMES:
+                _duration(getattr(target, outcome), getattr(answered, outcome))
         for rows, batch in sorted(stats.batches.items()):
             row = entry.batch_stats.add(batch_size=rows)
             _duration(row.compute_input, batch.compute_input)

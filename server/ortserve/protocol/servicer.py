@@ -6,6 +6,7 @@ Errors are not handled here: protocol/status.py's interceptor maps every domain 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -101,32 +102,36 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests run concurrently; answers come back as they complete, each carrying its
-        request's id. A failed request answers with ``error_message`` ("[CODE] message") and the
-        stream goes on. The stream ends when the client closes its side (OK), at a message that
-        is not a ModelInferRequest (INVALID_ARGUMENT), or when the server is about to stop
-        (UNAVAILABLE: what has no answer did not run); each time only after every request read
-        before has been answered. Once a shutdown has begun, each request read is answered
-        UNAVAILABLE at once: a client should then stop writing and close its side."""
-        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        """Requests run concurrently; answers come back as they are made, each carrying its
+        request's id: one per request for most models, one or more for a decoupled model (a
+        generation model's text as it is generated), each of those with the response parameter
+        ``triton_final_response`` (true on its request's last). A failed request answers with
+        ``error_message`` ("[CODE] message"), as its last answer, and the stream goes on. The
+        stream ends when the client closes its side (OK), at a message that is not a
+        ModelInferRequest (INVALID_ARGUMENT), or when the server is about to stop (UNAVAILABLE:
+        what has no answer did not run); each time only after every request read before has been
+        answered. A stream cancelled by the client stops its requests' work (a generation's row
+        is freed at the engine's next step). Once a shutdown has begun, each request read is
+        answered UNAVAILABLE at once: a client should then stop writing and close its side."""
+        # Each item: an answer to write (None: none) and whether it was its request's last.
+        answers: asyncio.Queue[tuple[pb.ModelStreamInferResponse | None, bool] | None]
+        answers = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
-        # Unanswered requests per stream: beyond it the stream is not read (gRPC's flow control
-        # then holds the client back), as --max-concurrent-rpcs does for calls.
+        # Requests of a stream in flight at once: beyond it the stream is not read (gRPC's flow
+        # control then holds the client back), as --max-concurrent-rpcs does for calls.
         window = asyncio.Semaphore(STREAM_WINDOW)
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
-                answer = pb.ModelStreamInferResponse(
-                    infer_response=await self.ModelInfer(request, context)
-                )
-            except BaseException as exc:  # each request's failure is its own answer
+                async for response in self._responses(request, context):
+                    answer = pb.ModelStreamInferResponse(infer_response=response)
+                    answers.put_nowait((answer, False))
+            except BaseException as exc:  # each request's failure is its own (last) answer
                 if isinstance(exc, CONTROL_EXCEPTIONS):
                     raise
-                code, message = describe(exc, _STREAM)
-                answer = pb.ModelStreamInferResponse(error_message=f"[{code.name}] {message}")
-                answer.infer_response.model_name = request.model_name
-                answer.infer_response.id = request.id
-            answers.put_nowait(answer)
+                answers.put_nowait((self._error_answer(request, exc), True))
+            else:
+                answers.put_nowait((None, True))
 
         async def admit() -> None:
             async for request in request_iterator:
@@ -158,13 +163,41 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         reader = asyncio.ensure_future(read())
         try:
-            while (answer := await answers.get()) is not None:
-                yield answer
-                window.release()
+            while (item := await answers.get()) is not None:
+                answer, last = item
+                if answer is not None:
+                    yield answer
+                if last:
+                    window.release()
             await reader
-        finally:
+        finally:  # the client cancelled, or the stream failed: in-flight requests stop here
             for task in (reader, *running):
                 task.cancel()
+
+    async def _responses(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> AsyncIterator[pb.ModelInferResponse]:
+        """One streamed request's answers, as ``ModelInfer`` checks and decodes it."""
+        self._inference.check_target(request.model_name, request.model_version)
+        try:
+            decoded = await codec.decode_infer_request_async(request)
+        except InvalidInput as exc:
+            raise self._inference.undecodable(request.model_name, exc) from None
+        decoded.timeout_s = context.time_remaining()
+        async with contextlib.aclosing(self._inference.infer_stream(decoded)) as responses:
+            async for response in responses:
+                yield await codec.encode_infer_response_async(response)
+
+    def _error_answer(
+        self, request: pb.ModelInferRequest, exc: BaseException
+    ) -> pb.ModelStreamInferResponse:
+        code, message = describe(exc, _STREAM)
+        answer = pb.ModelStreamInferResponse(error_message=f"[{code.name}] {message}")
+        answer.infer_response.model_name = request.model_name
+        answer.infer_response.id = request.id
+        if self._inference.is_decoupled(request.model_name, request.model_version):
+            answer.infer_response.parameters[codec.FINAL_RESPONSE].bool_param = True
+        return answer
 
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: Context

@@ -9,21 +9,31 @@ planned and bounded before anything is allocated or opened: every sample is chec
 ``WARMUP_SAMPLE_LIMIT_BYTES`` and the runs against ``WARMUP_RUN_LIMIT``, and ``input_data_file``
 is read only from the version's own ``warmup/`` folder, only as a regular file of exactly the
 size the declared shape needs.
+
+A generation model is warmed up by one short greedy generation (``warm_up_generation``: a prefill
+and a decode step on its session), or skipped with the reason logged when the warm-up prompt
+cannot be generated from (a tokenizer that makes no token of it, a tiny context).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import stat
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Final
 
 import numpy as np
+import structlog
 
 from ortserve.datatypes import CONFIG_TO_WIRE
-from ortserve.errors import ModelLoadError, OrtserveError
+from ortserve.errors import InvalidInput, ModelLoadError, OrtserveError
+from ortserve.generation.engine import GenerationEngine
+from ortserve.generation.types import SamplingParams
 from ortserve.runtime.session import ModelSessions
 from ortserve_client.proto import model_config_pb2 as mc
 from ortserve_client.tensors import DATATYPE_TO_DTYPE, Array, datatype_of
@@ -38,6 +48,12 @@ WARMUP_RUN_LIMIT: Final = 1000
 WARMUP_FOLDER: Final = "warmup"
 
 _SHOWN_NAME_CHARS = 100  # a file name from the network is echoed at most this long
+#: A generation model's warm-up: this prompt, greedy, this many new tokens, within this time.
+GENERATION_WARMUP_PROMPT: Final = "Hello"
+GENERATION_WARMUP_TOKENS: Final = 2
+GENERATION_WARMUP_TIMEOUT_S: Final = 300.0
+
+log = structlog.get_logger("ortserve.warmup")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +96,39 @@ def run_warmup(
                     config, arrays, sample.rows if config.max_batch_size > 0 else None, version_dir
                 )
         del feeds
+
+
+def warm_up_generation(make_engine: Callable[[], GenerationEngine], where: str) -> None:
+    """One short greedy generation through a throwaway engine over the version's model (its
+    session's first runs happen here, not in a client's request); ModelLoadError if it fails.
+
+    Runs its own event loop in a thread of its own, so that it works from a worker thread and
+    from a thread that runs a loop alike."""
+    params = SamplingParams(max_tokens=GENERATION_WARMUP_TOKENS, temperature=0.0, ignore_eos=True)
+
+    async def generate() -> None:
+        engine = make_engine()
+        engine.start()
+        try:
+            async for _ in engine.generate(GENERATION_WARMUP_PROMPT, params):
+                pass
+        finally:
+            await engine.aclose()
+
+    async def bounded() -> None:
+        await asyncio.wait_for(generate(), GENERATION_WARMUP_TIMEOUT_S)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="ortserve-warmup") as pool:
+        try:
+            pool.submit(asyncio.run, bounded()).result()
+        except InvalidInput as exc:
+            log.info("generation warm-up skipped", version=where, reason=str(exc))
+        except TimeoutError:
+            raise ModelLoadError(
+                f"{where}: the warm-up generation took more than {GENERATION_WARMUP_TIMEOUT_S} s"
+            ) from None
+        except (OrtserveError, Exception) as exc:  # ORT's own errors too: the version is unusable
+            raise ModelLoadError(f"{where}: warm-up generation failed: {exc}") from None
 
 
 def _implicit(config: mc.ModelConfig, version_dir: Path) -> _Sample:

@@ -142,7 +142,10 @@ def check_supported(config: mc.ModelConfig, src: str) -> list[str]:
         (bool(config.batch_input), "batch_input"),
         (bool(config.batch_output), "batch_output"),
         (config.dynamic_batching.preserve_ordering, "dynamic_batching.preserve_ordering"),
-        (config.model_transaction_policy.decoupled, "model_transaction_policy.decoupled"),
+        (
+            config.model_transaction_policy.decoupled and not _generation(config),
+            "model_transaction_policy.decoupled",
+        ),
         (config.response_cache.enable, "response_cache"),
         (
             bool(config.model_operations.op_library_filename),
@@ -176,6 +179,12 @@ def check_supported(config: mc.ModelConfig, src: str) -> list[str]:
     parameters = Parameters(config, src)
     parameters.check_integers()
     return parameters.check_keys()
+
+
+def _generation(config: mc.ModelConfig) -> bool:
+    """A text-generation model (``parameters`` task): decoupled, its tokens streamed as made."""
+    task = config.parameters.get("task")
+    return task is not None and task.string_value.strip() == "text-generation"
 
 
 def _check_values(config: mc.ModelConfig, src: str) -> None:

@@ -48,7 +48,9 @@ TEXT_KEYS = (
     "max_answer_length",
     "max_text_bytes",
 )
-KNOWN_KEYS = frozenset(RUNTIME_KEYS + BATCHING_KEYS + TEXT_KEYS)
+#: Read by generation/types.py (EngineLimits: text-generation models only; same as its LIMIT_KEYS).
+GENERATION_KEYS = ("max_num_seqs", "max_kv_tokens", "prefill_chunk", "max_queue_size")
+KNOWN_KEYS = frozenset(RUNTIME_KEYS + BATCHING_KEYS + TEXT_KEYS + GENERATION_KEYS)
 
 #: ``session.<key>`` parameters are ONNX Runtime session config entries, passed on as they are
 #: (runtime/options.py), except that the flags below take true/false as well as 1/0: ONNX Runtime
@@ -91,6 +93,10 @@ INTEGER_RANGES: dict[str, tuple[int, int]] = {
     "stride": (0, INT32_MAX),
     "max_answer_length": (1, INT32_MAX),
     "max_text_bytes": (1, INT32_MAX),
+    "max_num_seqs": (1, INT32_MAX),
+    "max_kv_tokens": (1, INT32_MAX),
+    "prefill_chunk": (1, INT32_MAX),
+    "max_queue_size": (0, INT32_MAX),
 }
 SESSION_INTEGERS = frozenset(key for key in INTEGER_RANGES if key.startswith(SESSION_PREFIX))
 

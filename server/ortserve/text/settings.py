@@ -3,8 +3,9 @@
 - ``task``: text-classification, token-classification, question-answering, feature-extraction
   or sentence-embeddings. Default: the exporter's manifest (``model.config_task``), then
   sentence-transformers files (sentence-embeddings), then config.json's architecture
-  (``...ForSequenceClassification``...). There is no text-generation task: the exporter
-  publishes a causal LM as a tensor model (no tokenizer.json beside model.onnx).
+  (``...ForSequenceClassification``...). ``text-generation`` is not a task of this module: a
+  config with that task is a generation model (``ortserve.generation``), chosen before any text
+  model in ``registry/versions.py``.
 - ``max_sequence_length``: tokens per text (per window for question answering). Default:
   sentence_bert_config.json ``max_seq_length``, else tokenizer_config.json ``model_max_length``,
   capped at 512.

@@ -12,6 +12,12 @@ from typing import Any
 
 from rich.markup import escape
 
+from ortserve.export.commands.export_generation import (
+    GENERATION_REFERENCE,
+    check_generation,
+    generation_notes,
+    slice_lm_head,
+)
 from ortserve.export.commands.export_run import ExportRun, Variants
 from ortserve.export.convert.export import (
     check_exportable,
@@ -76,6 +82,7 @@ from ortserve.export.verify.samples import (
     input_specs,
     single,
 )
+from ortserve.repository.config import DEFAULT_MAX_BATCH_SIZE
 from ortserve_client.tensors import Array
 
 
@@ -89,9 +96,12 @@ def run_export(opts: ExportOptions, reporter: Reporter) -> int:
     reporter.line(f"[bold]{source.architecture}[/] from {where}: task {task} ({how})")
     check_exportable(source, task)
     check_tokenizer_files(source)
-    check_servable(TASKS[task].config_task, opts.max_batch_size)
+    check_servable(TASKS[task].config_task, _max_batch_size(opts, task))
     if TASKS[task].served_as_tensors:
         reporter.warn(tensor_model_note(task))
+    if TASKS[task].generates:
+        for note in generation_notes(opts):
+            reporter.warn(note)
     quant = resolve_target(opts.quantize, opts.per_channel) if opts.quantize else None
     max_length = max_sequence_length(source.folder, opts.max_length)
     texts = opts.sample_texts or DEFAULT_TEXTS
@@ -131,7 +141,10 @@ def _build_variants(run: ExportRun) -> Variants:
     with reporter.step(f"Exporting {run.source.architecture} ({run.task}) with Optimum"):
         path = export_onnx(run.source, run.task, opts.opset, work / "export")
         check_graph(path)
-    variants = Variants(Variant("fp32", path, True, "Optimum export, FP32"))
+    description = "Optimum export, FP32"
+    if run.spec.generates:
+        description += slice_lm_head(path, reporter)
+    variants = Variants(Variant("fp32", path, True, description))
     if opts.optimize:
         from ortserve.export.convert.optimize import optimize
 
@@ -154,6 +167,8 @@ def _build_variants(run: ExportRun) -> Variants:
 
 def _check(run: ExportRun, encoded: dict[str, Array]) -> dict[str, Verdict]:
     """Each variant's verdict against PyTorch, by variant name."""
+    if run.spec.generates:
+        return check_generation(run, encoded)
     torch_model = load_torch_model(run.source.folder, run.task)
     batches = check_batches(open_session(run.variants.exported.path), encoded)
     reference = reference_outputs(torch_model, batches)
@@ -192,7 +207,8 @@ def _publish(run: ExportRun) -> dict[str, Published]:
     extra = sentence_transformers_settings(source.folder) if source.sentence_transformers else {}
     folder = model_folder(opts.repo, opts.name)
     inputs = graph_record(run.variants.last.path)["inputs"]
-    text = config_text(spec.config_task, opts.max_batch_size, run.max_length, extra, inputs)
+    batch = _max_batch_size(opts, run.task)
+    text = config_text(spec.config_task, batch, run.max_length, extra, inputs)
     common = _common_manifest(run)
     versions: list[tuple[str, dict[str, Path], dict[str, Any]]] = []
     for name in chosen:
@@ -206,7 +222,7 @@ def _publish(run: ExportRun) -> dict[str, Published]:
                 "description": variant.description,
                 "task": run.task,
                 "config_task": spec.config_task,
-                "served_as": "tensors" if spec.served_as_tensors else "text",
+                "served_as": spec.served_as,
             },
             **common,
             "opset": graph_record(variant.path)["opset"].get("ai.onnx"),
@@ -235,7 +251,7 @@ def _common_manifest(run: ExportRun) -> dict[str, Any]:
         "checks": {
             "onnx_checker": "passed (full_check) for every variant",
             "reference": f"PyTorch {source.architecture}, inputs as one padded batch and one "
-            "row at a time",
+            "row at a time" + (GENERATION_REFERENCE if run.spec.generates else ""),
             "sample_texts": list(opts.sample_texts or DEFAULT_TEXTS),
             "variants": {name: v.as_dict() for name, v in run.verdicts.items()},
         },
@@ -269,6 +285,14 @@ def _beside_files(run: ExportRun) -> dict[str, Path]:
     return files
 
 
+def _max_batch_size(opts: ExportOptions, task: str) -> int:
+    """--max-batch-size, else the default; a generation model's is its max_num_seqs (0: the
+    engine's default), as its config has no batch axis."""
+    if opts.max_batch_size is not None:
+        return opts.max_batch_size
+    return 0 if TASKS[task].generates else DEFAULT_MAX_BATCH_SIZE
+
+
 def _options_record(run: ExportRun) -> dict[str, Any]:
     opts = run.opts
     return {
@@ -280,7 +304,7 @@ def _options_record(run: ExportRun) -> dict[str, Any]:
         "per_channel": opts.per_channel,
         "quantized_only": opts.quantized_only,
         "max_length": run.max_length,
-        "max_batch_size": opts.max_batch_size,
+        "max_batch_size": _max_batch_size(opts, run.task),
         "thresholds": {
             "fp32_tolerance": opts.thresholds.fp32_tolerance,
             "min_cosine": opts.thresholds.min_cosine,

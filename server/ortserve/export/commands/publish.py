@@ -30,7 +30,9 @@ from ortserve.export.report import Reporter
 from ortserve.export.repository.config_writer import check_servable, config_text
 from ortserve.export.repository.loadable import (
     check_loadable,
+    past_inputs_note,
     signature,
+    takes_past,
     takes_tokens,
     token_inputs_note,
 )
@@ -67,23 +69,28 @@ def run_publish(opts: PublishOptions, reporter: Reporter) -> int:
     previous = read_manifest(model)
     task, how = _task(opts, graph, previous)
     input_names = [i["name"] for i in graph["inputs"]]
-    tokens = takes_tokens(input_names)
+    generation = task is not None and TASKS[task].generates
+    tokens = takes_past(input_names) if generation else takes_tokens(input_names)
     if task is not None:
         check_servable(TASKS[task].config_task, _max_batch_size(opts))
     if task is not None and not TASKS[task].served_as_tensors and not tokens:
+        note = past_inputs_note(model) if generation else token_inputs_note(model, input_names)
         if opts.task:
             raise ExportError(
-                f"--task {task}: {token_inputs_note(model, input_names)}; leave --task out to "
-                "publish it as a tensor model"
+                f"--task {task}: {note}; leave --task out to publish it as a tensor model"
             )
-        reporter.warn(f"not a {task} model after all: {token_inputs_note(model, input_names)}")
-        task, how = None, f"{task} dropped: no token inputs"
+        reporter.warn(f"not a {task} model after all: {note}")
+        task, how, generation = (
+            None,
+            f"{task} dropped: no {'past' if generation else 'token'} inputs",
+            False,
+        )
     reporter.line(f"task: {task or 'none'} ({how})")
     text = task is not None and not TASKS[task].served_as_tensors
     # A tensor model's tokenizer goes in tokenizer/: beside model.onnx, the daemon would load the
     # version as a text model, and refuse one that takes no token inputs.
     tensors = not text and (task is not None or not tokens)
-    _check_flags(opts, task, text)
+    _check_flags(opts, task, text and not generation)
     if task is not None and tensors:
         reporter.warn(tensor_model_note(str(task)))
     files: dict[str, Path] = {"model.onnx": model}
@@ -109,9 +116,11 @@ def run_publish(opts: PublishOptions, reporter: Reporter) -> int:
         config_task = TASKS[task].config_task
         extra = sentence_transformers_settings(folder) if task == "sentence-embeddings" else {}
         length = max_sequence_length(folder, opts.max_length)
-        config = config_text(config_task, _max_batch_size(opts), length, extra, graph["inputs"])
-    elif opts.max_batch_size is not None:  # a tensor model: batching only, as asked
-        config = config_text(None, opts.max_batch_size, 0, {}, graph["inputs"])
+        batch = (opts.max_batch_size or 0) if generation else _max_batch_size(opts)
+        config = config_text(config_task, batch, length, extra, graph["inputs"])
+    elif opts.max_batch_size is not None or takes_past(input_names):
+        # a tensor model: batching only, as asked; a decoder, with a warm-up of an empty past
+        config = config_text(None, _max_batch_size(opts), 0, {}, graph["inputs"])
     manifest: dict[str, Any] = {
         **base_manifest(opts.command, "ortserve publish"),
         "model": {
@@ -119,7 +128,9 @@ def run_publish(opts: PublishOptions, reporter: Reporter) -> int:
             "variant": "as given",
             "task": task,
             "config_task": TASKS[task].config_task if task else None,
-            "served_as": "text" if "tokenizer.json" in files else "tensors",
+            "served_as": "generation"
+            if generation
+            else ("text" if "tokenizer.json" in files else "tensors"),
         },
         "source": {
             "path": str(opts.path.resolve()),
@@ -166,6 +177,12 @@ def _check_flags(opts: PublishOptions, task: str | None, text: bool) -> None:
     """Refuse a flag that would otherwise be dropped without a word."""
     if opts.max_length is None or text:
         return
+    if task is not None and TASKS[task].generates:
+        raise ExportError(
+            f"--max-length {opts.max_length}: a {task} model has no max_sequence_length; its "
+            "context limit is its config.json's (n_positions / max_position_embeddings), capped "
+            "by generation_config.json's max_length; leave it out"
+        )
     if task is not None:
         raise ExportError(
             f"--max-length {opts.max_length}: a {task} model is published as a tensor model, "
@@ -195,6 +212,12 @@ def _task(
     elif "last_hidden_state" in outputs:
         guess = "feature-extraction"
     elif any(n.startswith("past_key_values") for n in inputs):
+        folder = Path(str(graph["file"])).parent
+        if not any((folder / d / "tokenizer.json").is_file() for d in (".", TOKENIZER_FOLDER)):
+            return None, (
+                "a decoder with past inputs, but no tokenizer.json for the generation engine: "
+                "a tensor model"
+            )
         guess = "text-generation-with-past"
     elif "logits" in outputs:
         rank = len(outputs["logits"]["dims"])

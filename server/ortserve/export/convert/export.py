@@ -142,7 +142,7 @@ def load_tokenizer(folder: Path, task: str, source: Path | None = None) -> Any:
     if not getattr(tokenizer, "is_fast", False):
         raise ExportError(f"{where}: the tokenizer is not a fast tokenizer (no tokenizer.json)")
     if TASKS[task].generates:
-        tokenizer.padding_side = "right"
+        tokenizer.padding_side = "left"  # as the generation engine pads its rows
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

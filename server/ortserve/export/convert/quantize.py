@@ -88,7 +88,32 @@ def quantize(source: Path, output: Path, spec: Quantization) -> Path:
                 _dynamic(source, output, spec)
     except Exception as exc:  # ORT's quantizer raises bare RuntimeError/AssertionError/...
         raise ExportError(f"quantizing {source} ({spec.describe()}) failed: {exc}") from exc
+    _check_quantized_something(output, spec)
     return output
+
+
+#: Ops that only a quantizer writes: one of them in the output means weights were quantized.
+_QUANTIZED_OPS = frozenset(
+    {"MatMulInteger", "DynamicQuantizeMatMul", "QAttention", "MatMulNBits", "QGemm"}
+)
+
+
+def _check_quantized_something(output: Path, spec: Quantization) -> None:
+    """Refuse a "quantized" variant that is the FP32 graph again: the quantizer skips what it
+    has no rule for (MatMulNBits takes MatMul with a weight initializer only: GPT-2's layers
+    export as Gemm, and its tied LM head reads the embedding through a Transpose)."""
+    import onnx
+
+    model = onnx.load(str(output), load_external_data=False)
+    if any(node.op_type in _QUANTIZED_OPS for node in model.graph.node):
+        return
+    ops = sorted({n.op_type for n in model.graph.node if n.op_type in ("MatMul", "Gemm")})
+    hint = " (use dynamic INT8: --quantize)" if spec.target == "weight-only" else ""
+    raise ExportError(
+        f"--quantize {spec.target}: nothing in the graph was quantized ({spec.describe()} "
+        f"found no weight it applies to among its {', '.join(ops) or 'no MatMul/Gemm'} "
+        f"nodes){hint}; leave --quantize out to publish the FP32 graph"
+    )
 
 
 def _dynamic(source: Path, output: Path, spec: Quantization) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from ortserve.errors import ModelLoadError, OrtserveError
 from ortserve.export.errors import ExportError
+from ortserve.export.options import GENERATION_TASK
 from ortserve.export.repository.manifest import MANIFEST_FILENAME
 from ortserve.repository.config import (
     DEFAULT_MAX_BATCH_SIZE,
@@ -54,6 +55,9 @@ _TEXT_FILES = (
 )
 
 
+_PAST = "past_key_values"
+
+
 def takes_tokens(input_names: Sequence[str]) -> bool:
     """The daemon's rule for a text model's inputs: ``input_ids``, and only token inputs."""
     return "input_ids" in input_names and all(name in TOKEN_INPUTS for name in input_names)
@@ -63,6 +67,18 @@ def token_inputs_note(model: Path, input_names: Sequence[str]) -> str:
     return (
         f"{model} takes {', '.join(input_names) or 'no inputs'}, not token inputs (the daemon "
         f"serves text only to a model taking {', '.join(TOKEN_INPUTS)})"
+    )
+
+
+def takes_past(input_names: Sequence[str]) -> bool:
+    """A text-generation-with-past graph: ``input_ids`` and ``past_key_values.*`` inputs."""
+    return "input_ids" in input_names and any(n.startswith(_PAST) for n in input_names)
+
+
+def past_inputs_note(model: Path) -> str:
+    return (
+        f"{model} takes no input_ids and {_PAST}.N.key/value inputs (the daemon generates "
+        "text only with an Optimum text-generation-with-past export)"
     )
 
 
@@ -96,9 +112,38 @@ def check_loadable(
         config = complete_config(parsed, name, graph, DAEMON_DEFAULT_MAX_BATCH_SIZE)
     except OrtserveError as exc:
         raise ExportError(f"the daemon would not load {where}: {exc}; nothing written") from None
+    if Parameters(config, parsed.source).text("task") == GENERATION_TASK:
+        _check_generation_model(config, files, where)
+        return
     if TOKENIZER_FILE not in files:
         return  # a tensor model: nothing more to check
     _check_text_model(parsed, config, files, manifest, where)
+
+
+def _check_generation_model(config: Any, files: Mapping[str, Path], where: str) -> None:
+    """Read the version as the daemon's generation engine does (``GenerationModel.load``: the
+    session, the KV cache layout, tokenizer, eos ids, context limit), from links to its files."""
+    from ortserve.generation.model import GenerationModel
+
+    with tempfile.TemporaryDirectory(prefix="ortserve-check-") as tmp:
+        root = Path(tmp)
+        for rel, src in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).symlink_to(src.resolve())
+        try:
+            model = GenerationModel.load(root, config, where)
+        except OrtserveError as exc:
+            reason = str(exc).replace(str(root), where)
+            raise ExportError(
+                f"the daemon would not load {where} as a text-generation model: {reason}; "
+                "nothing written"
+            ) from None
+        if not model.eos_ids:
+            raise ExportError(
+                f"{where}: no eos token id (generation_config.json, config.json or the "
+                "tokenizer's eos token): generation would only stop at max_tokens; nothing written"
+            )
+        del model
 
 
 def _check_text_model(

@@ -108,10 +108,13 @@ def batch_of(encoded: dict[str, Array], rows: int) -> dict[str, Array]:
 
 
 def single(encoded: dict[str, Array], row: int) -> dict[str, Array]:
-    """Row ``row`` alone, with its padding cut off."""
+    """Row ``row`` alone, with its padding cut off (on the right, or on the left as a
+    generation model's batch is padded)."""
     mask = encoded.get("attention_mask")
-    length = int(mask[row].sum()) if mask is not None else next(iter(encoded.values())).shape[1]
-    return {name: array[row : row + 1, :length] for name, array in encoded.items()}
+    if mask is None:
+        return {name: array[row : row + 1] for name, array in encoded.items()}
+    keep = mask[row].astype(bool)
+    return {name: array[row : row + 1][:, keep] for name, array in encoded.items()}
 
 
 def token_mask(feeds: dict[str, Array]) -> Array | None:
