@@ -15,6 +15,8 @@ from tests.conftest import DaemonFactory
 from tests.export.conftest import CLI, manifest, versions
 from tests.integration.test_hot_reload import wait_for
 
+pytestmark = pytest.mark.ort_range  # scripts/test.sh: also against the newest onnxruntime
+
 
 @pytest.mark.slow
 def test_minilm_export_int8_and_serve(
@@ -39,7 +41,7 @@ def test_minilm_export_int8_and_serve(
     assert variant.startswith("int8-")
     assert int8["options"]["per_channel"] is True
     assert int8["checks"]["variants"][variant]["min_cosine"] >= 0.98
-    assert "p50 at batch 32" in int8["decisions"][variant]["reason"]
+    assert "paired rounds" in int8["decisions"][variant]["reason"]  # timed against FP32
     rows = {(r["variant"], r["batch"]) for r in int8["benchmark"]["rows"]}
     assert rows == {(v, b) for v in ("pytorch", "fp32", variant) for b in (1, 32)}
     for name in ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json"):

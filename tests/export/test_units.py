@@ -4,6 +4,7 @@ task detection."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,8 @@ from ortserve.export.source import (
     resolve_source,
     sentence_transformers_settings,
 )
-from ortserve.export.verify.bench import BenchRow
 from ortserve.export.verify.check import Figures, Variant, Verdict, compare, judge
-from ortserve.export.verify.decide import choose_variants
+from ortserve.export.verify.decide import Rules, choose
 from ortserve.repository.config import parse_config_text
 from ortserve.repository.parameters import Parameters
 from ortserve.text.files import ModelFiles
@@ -35,42 +35,56 @@ def _verdict(name: str, passed: bool) -> Verdict:
     return Verdict(name, figures, "rule", passed)
 
 
-def _bench(fp32_ms: float, int8_ms: float) -> list[BenchRow]:
-    return [
-        BenchRow("fp32", 32, 16, 5, fp32_ms, fp32_ms, fp32_ms),
-        BenchRow("int8-avx2", 32, 16, 5, int8_ms, int8_ms, int8_ms),
-    ]
+@dataclass(frozen=True, slots=True)
+class _Speed:
+    """A speed judgement as ``verify.speed`` gives it (ratio of times, interval, verdict)."""
+
+    ratio: float
+    verdict: str
+    rounds: int = 8
+
+    @property
+    def low(self) -> float:
+        return self.ratio * 0.97
+
+    @property
+    def high(self) -> float:
+        return self.ratio * 1.03
+
+    def as_dict(self) -> dict[str, object]:
+        return {"ratio": self.ratio, "verdict": self.verdict}
 
 
-def test_choose_variants_publishes_passing_variants_in_order() -> None:
+EXPLICIT = Rules("fp32", auto=False)
+
+
+def test_an_explicit_target_that_passes_is_published_after_fp32() -> None:
     verdicts = {"fp32": _verdict("fp32", True), "int8-avx2": _verdict("int8-avx2", True)}
-    decisions = choose_variants(
-        ["fp32", "int8-avx2"], verdicts, _bench(10, 5), "fp32", "int8-avx2", False
-    )
+    speeds = {"int8-avx2": _Speed(0.5, "faster")}
+    decisions = choose(["fp32"], ["int8-avx2"], verdicts, speeds, EXPLICIT)
     assert [(d.variant, d.publish) for d in decisions] == [("fp32", True), ("int8-avx2", True)]
     assert "faster" in decisions[1].reason
 
 
-def test_choose_variants_a_failed_check_blocks_everything_unless_forced() -> None:
+def test_an_explicit_target_that_fails_blocks_everything_unless_forced() -> None:
     verdicts = {"fp32": _verdict("fp32", True), "int8-avx2": _verdict("int8-avx2", False)}
-    decisions = choose_variants(["fp32", "int8-avx2"], verdicts, None, "fp32", "int8-avx2", False)
+    decisions = choose(["fp32"], ["int8-avx2"], verdicts, {}, EXPLICIT)
     assert decisions[1].blocking
     assert not decisions[1].publish
-    forced = choose_variants(["fp32", "int8-avx2"], verdicts, None, "fp32", "int8-avx2", True)
+    forced = choose(["fp32"], ["int8-avx2"], verdicts, {}, Rules("fp32", False, force=True))
     assert all(d.publish for d in forced)
     assert "--force" in forced[1].reason
 
 
-def test_choose_variants_a_slower_quantized_variant_is_left_out_not_blocking() -> None:
+def test_a_slower_quantized_variant_is_left_out_not_blocking() -> None:
     verdicts = {"fp32": _verdict("fp32", True), "int8-avx2": _verdict("int8-avx2", True)}
-    decisions = choose_variants(
-        ["fp32", "int8-avx2"], verdicts, _bench(5, 9), "fp32", "int8-avx2", False
-    )
+    speeds = {"int8-avx2": _Speed(1.8, "slower")}
+    decisions = choose(["fp32"], ["int8-avx2"], verdicts, speeds, EXPLICIT)
     assert decisions[0].publish
     assert not decisions[1].publish
     assert not decisions[1].blocking
     assert "slower than fp32" in decisions[1].reason
-    unmeasured = choose_variants(["fp32", "int8-avx2"], verdicts, None, "fp32", "int8-avx2", False)
+    unmeasured = choose(["fp32"], ["int8-avx2"], verdicts, {}, EXPLICIT)
     assert unmeasured[1].publish
     assert "not benchmarked" in unmeasured[1].reason
 

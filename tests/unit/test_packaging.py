@@ -160,6 +160,7 @@ def test_wheel_contains_both_packages(tmp_path: Path) -> None:
     for expected in [
         "ortserve/app.py",
         "ortserve/export/commands/export.py",
+        "ortserve/export/verify/check_texts.txt",
         "ortserve/py.typed",
         "ortserve_client/tensors.py",
         "ortserve_client/py.typed",

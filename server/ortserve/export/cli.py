@@ -9,6 +9,7 @@ by signal N (SIGTERM 143, SIGHUP 129), after removing what the run had half-writ
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import threading
@@ -101,6 +102,16 @@ def _repo_arguments(parser: argparse.ArgumentParser, publish: bool = False) -> N
     )
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text}") from None
+    if not 0 < value < math.inf:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def build_export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ortserve export",
@@ -150,10 +161,14 @@ def build_export_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="auto",
         default=None,
-        help="also make an 8-bit variant and publish it as the next version: dynamic "
-        "INT8 for avx2, avx512, avx512_vnni or arm64 (auto, the default when the flag "
-        "has no value: this machine's CPU), or weight-only (8-bit weights in blocks of 32, "
-        "MatMulNBits: the accurate option, 0.999 cosine on all-MiniLM-L6-v2 vs 0.98)",
+        help="also make an 8-bit variant and publish it as the next version. auto (the "
+        "default when the flag has no value) tries, for this machine's CPU, dynamic INT8, its "
+        "7-bit/U8U8 forms where they help, the same with its most sensitive nodes kept in FP32 "
+        "(when the first fails its check) and 8-bit weight-only, and publishes the fastest that "
+        "passes its check (none: FP32 alone, exit status 0). An explicit target makes that one "
+        "only, and a failed check publishes nothing: dynamic INT8 for avx2, avx512, "
+        "avx512_vnni or arm64, or weight-only (8-bit weights in blocks of 32, MatMulNBits: the "
+        "accurate option, 0.999 cosine on all-MiniLM-L6-v2 vs 0.98)",
     )
     p.add_argument(
         "--per-tensor",
@@ -174,8 +189,17 @@ def build_export_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="TEXT",
-        help="a text for the checks and the benchmark (repeat the flag; default: 8 "
-        "built-in English sentences)",
+        help="a text for the speed judgement, the benchmark and the warm-up (repeat the flag; "
+        "default: 8 built-in English sentences; the checks use --check-texts)",
+    )
+    p.add_argument(
+        "--check-texts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the texts the parity check runs on, one per line (UTF-8, at least 8, blank "
+        "lines skipped), instead of the bundled check set (76 texts: short queries to "
+        "paragraphs past 512 tokens, in 11 languages, code, numbers, URLs, emoji)",
     )
     p.add_argument(
         "--fp32-tolerance",
@@ -219,6 +243,22 @@ def build_export_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="threads for PyTorch and ONNX Runtime alike in the benchmark (default: every CPU; "
         "on a busy machine 1 gives steadier figures)",
+    )
+    p.add_argument(
+        "--speed-budget",
+        type=_positive_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long FP32 and the quantized candidates may be timed against each other, "
+        "interleaved at batch 32, before the speed decision: it stops sooner once the "
+        "ratio is known to about 3 %% (default: %(default)g)",
+    )
+    p.add_argument(
+        "--require-faster",
+        action="store_true",
+        help="publish a quantized variant only when it is faster than FP32 beyond the noise "
+        "(default: one not shown faster is published too, and says so; one shown slower "
+        "never is, unless --force)",
     )
     p.add_argument(
         "--force",
@@ -343,6 +383,10 @@ def _run(command: str, args: argparse.Namespace, argv: Sequence[str], reporter: 
     if command == "export":
         if args.quantized_only and not args.quantize:
             raise _usage(build_export_parser(), "--quantized-only needs --quantize")
+        if args.check_texts is not None:
+            from ortserve.export.verify.check_texts import check_texts
+
+            check_texts(args.check_texts)  # a bad file stops the run before any export
         from ortserve.export.commands.export import run_export
 
         return run_export(_export_options(args, command_line(list(argv))), reporter)
@@ -386,10 +430,13 @@ def _export_options(args: argparse.Namespace, command: str) -> ExportOptions:
         max_length=args.max_length,
         max_batch_size=args.max_batch_size,
         sample_texts=tuple(args.sample_texts),
+        check_texts=args.check_texts,
         thresholds=Thresholds(args.fp32_tolerance, args.min_cosine, args.min_agreement),
         bench=args.bench,
         bench_iterations=args.bench_iterations,
         bench_threads=args.bench_threads,
+        speed_budget_s=args.speed_budget,
+        require_faster=args.require_faster,
         force=args.force,
         publish=args.publish,
         command=command,

@@ -144,10 +144,15 @@ class ExportOptions:
     # batch axis, and this is its max_num_seqs, None leaving the engine's default)
     max_batch_size: int | None = None
     sample_texts: tuple[str, ...] = ()  # () : the built-in sentences
+    # the parity check's texts: a UTF-8 file, one per line; None: the bundled check set
+    check_texts: Path | None = None
     thresholds: Thresholds = Thresholds()
     bench: bool = True
     bench_iterations: int = 50  # timed runs per variant and batch size (after a warm-up)
     bench_threads: int | None = None  # threads for torch and ORT alike; None: every CPU
+    # seconds the interleaved FP32-vs-quantized timing may run (verify/speed.py) before it judges
+    speed_budget_s: float = 60.0
+    require_faster: bool = False  # leave out a quantized variant not shown faster than FP32
     force: bool = False  # publish even when a check fails or the quantized variant is slower
     publish: bool = True  # False: export, check and benchmark only
     command: str = ""  # the exact command line, for the manifest

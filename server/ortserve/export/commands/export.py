@@ -1,6 +1,6 @@
-"""``ortserve export``: export -> check graph -> optimize -> quantize -> parity -> benchmark ->
-decide -> publish, with progress on stderr and the tables on stdout. The steps share one
-``ExportRun``."""
+"""``ortserve export``: export -> check graph -> optimize -> parity -> quantize (each candidate
+checked as it is made) -> speed against FP32 -> decide -> benchmark -> publish, with progress on
+stderr and the tables on stdout. The steps share one ``ExportRun``."""
 
 from __future__ import annotations
 
@@ -12,20 +12,24 @@ from typing import Any
 
 from rich.markup import escape
 
+from ortserve.export.commands.export_candidates import (
+    ParityCheck,
+    build_candidates,
+    judge_candidates,
+)
 from ortserve.export.commands.export_generation import (
     GENERATION_REFERENCE,
-    check_generation,
     generation_notes,
     slice_lm_head,
 )
-from ortserve.export.commands.export_run import ExportRun, Variants
-from ortserve.export.convert.export import (
-    check_exportable,
-    export_onnx,
-    load_tokenizer,
-    load_torch_model,
+from ortserve.export.commands.export_report import (
+    print_checks,
+    print_summary,
+    quantization_record,
 )
-from ortserve.export.convert.quantize import quantize, resolve_target
+from ortserve.export.commands.export_run import ExportRun, Variants
+from ortserve.export.convert.export import check_exportable, export_onnx, load_tokenizer
+from ortserve.export.convert.quantize import resolve_target
 from ortserve.export.errors import CheckFailed, ExportError
 from ortserve.export.options import (
     EXACT_OPTIMIZE_LEVELS,
@@ -62,18 +66,9 @@ from ortserve.export.verify.bench import (
     run_benchmarks,
     save_inputs,
 )
-from ortserve.export.verify.check import (
-    Variant,
-    Verdict,
-    check_batches,
-    check_graph,
-    compare,
-    judge,
-    open_session,
-    reference_outputs,
-    run_variant,
-)
-from ortserve.export.verify.decide import choose_variants
+from ortserve.export.verify.check import CHECK_BATCH_ROWS, Variant, check_graph, open_session
+from ortserve.export.verify.check_texts import check_texts
+from ortserve.export.verify.decide import Decision, Rules, choose
 from ortserve.export.verify.samples import (
     DEFAULT_TEXTS,
     batch_of,
@@ -104,39 +99,75 @@ def run_export(opts: ExportOptions, reporter: Reporter) -> int:
             reporter.warn(note)
     quant = resolve_target(opts.quantize, opts.per_channel) if opts.quantize else None
     max_length = max_sequence_length(source.folder, opts.max_length)
-    texts = opts.sample_texts or DEFAULT_TEXTS
+    texts = check_texts(opts.check_texts)
     with tempfile.TemporaryDirectory(prefix="ortserve-export-") as tmp:
         run = ExportRun(opts, reporter, source, task, max_length, quant, Path(tmp))
+        run.check_texts = tuple(texts)
         run.variants = _build_variants(run)
+        tokenizer = load_tokenizer(run.variants.export_dir, task, source.folder)
         label = f"Checking {len(run.variants)} variant(s) against PyTorch on {len(texts)} texts"
         with reporter.step(label):
-            tokenizer = load_tokenizer(run.variants.export_dir, task, source.folder)
-            encoded = encode(tokenizer, texts, task, max_length)
-            run.verdicts = _check(run, encoded)
+            check = ParityCheck(run, encode(tokenizer, texts, task, _check_length(run)))
+            run.verdicts = {v.name: check.verdict(v) for v in run.variants}
+        build_candidates(run, check)
+        samples = encode(tokenizer, opts.sample_texts or DEFAULT_TEXTS, task, max_length)
         if opts.bench:
-            run.bench = _bench(run, encoded)
-        run.decisions = choose_variants(
-            run.candidates,
-            run.verdicts,
-            run.bench,
-            run.variants.fp32.name,
-            run.variants.quantized.name if run.variants.quantized else None,
-            opts.force,
-        )
-        _print_checks(run)
+            judge_candidates(run, samples)
+        run.decisions = _decide(run)
+        if opts.bench:
+            run.bench = _bench(run, samples)
+        print_checks(run)
         published = _publish(run)
-        _print_summary(run, published)
+        print_summary(run, published)
+    return _exit_status(run)
+
+
+def _exit_status(run: ExportRun) -> int:
+    """0 when something was published (or would be, with --no-publish) and nothing blocks it;
+    3 (CheckFailed) otherwise. Under auto, a quantized candidate left out is a warning."""
     refused = [d for d in run.decisions if not d.publish]
     if any(d.blocking for d in refused) or not any(d.publish for d in run.decisions):
         why = "; ".join(f"{d.variant}: {d.reason}" for d in refused) or "nothing to publish"
         raise CheckFailed(f"nothing published ({why}); --force publishes anyway")
+    hint = "" if run.auto else " (--force publishes it)"
     for d in refused:
-        reporter.warn(f"{d.variant} not published: {d.reason} (--force publishes it)")
+        if not d.passed_over:
+            run.reporter.warn(f"{d.variant} not published: {d.reason}{hint}")
+    if (
+        run.auto
+        and run.variants.quantized
+        and not any(d.publish for d in run.decisions if d.variant in run.specs)
+    ):
+        count = len(run.variants.quantized)
+        run.reporter.warn(
+            f"no quantized variant published: none of the {count} candidate(s) tried passed its "
+            f"check and the speed rules (see the summary); {run.variants.fp32.name} published alone"
+        )
     return 0
 
 
+def _check_length(run: ExportRun) -> int:
+    """Where the check texts are cut: the max length; a generation model's prompts one token
+    short of its context, as the check feeds it one decode step after the prompt."""
+    return run.max_length - 1 if run.spec.generates else run.max_length
+
+
+def _decide(run: ExportRun) -> list[Decision]:
+    opts = run.opts
+    rules = Rules(
+        base=run.variants.fp32.name,
+        auto=run.auto,
+        force=opts.force,
+        require_faster=opts.require_faster,
+        quantized_only=opts.quantized_only,
+    )
+    quantized = [v.name for v in run.variants.quantized]
+    return choose([run.variants.fp32.name], quantized, run.verdicts, run.speeds, rules)
+
+
 def _build_variants(run: ExportRun) -> Variants:
-    """The plain export first, then the optimized graph, then the quantized one."""
+    """The plain export first, then the optimized graph (the quantized candidates are made
+    later, each checked as it is made: ``export_candidates``)."""
     opts, reporter, work = run.opts, run.reporter, run.work
     with reporter.step(f"Exporting {run.source.architecture} ({run.task}) with Optimum"):
         path = export_onnx(run.source, run.task, opts.opset, work / "export")
@@ -155,42 +186,22 @@ def _build_variants(run: ExportRun) -> Variants:
         description = f"ONNX Runtime transformer optimizer, {opts.optimize}"
         optimized = Variant(f"fp32-{opts.optimize}", path, exact, description)
         variants = Variants(variants.exported, optimized=optimized)
-    if run.quant is not None:
-        with reporter.step(f"Quantizing: {run.quant.describe()}"):
-            (work / "quantized").mkdir()
-            path = quantize(variants.fp32.path, work / "quantized" / "model.onnx", run.quant)
-            check_graph(path)
-        quantized = Variant(run.quant.variant_name, path, False, run.quant.describe())
-        variants = Variants(variants.exported, variants.optimized, quantized)
     return variants
 
 
-def _check(run: ExportRun, encoded: dict[str, Array]) -> dict[str, Verdict]:
-    """Each variant's verdict against PyTorch, by variant name."""
-    if run.spec.generates:
-        return check_generation(run, encoded)
-    torch_model = load_torch_model(run.source.folder, run.task)
-    batches = check_batches(open_session(run.variants.exported.path), encoded)
-    reference = reference_outputs(torch_model, batches)
-    del torch_model
-    verdicts = {}
-    for variant in run.variants:
-        got = run_variant(open_session(variant.path), batches)
-        spec = run.spec
-        figures = compare(reference, got, batches, spec.has_labels, spec.checked_outputs)
-        verdicts[variant.name] = judge(variant, figures, run.opts.thresholds)
-    return verdicts
-
-
 def _bench(run: ExportRun, encoded: dict[str, Array]) -> list[BenchRow]:
+    """Latency of PyTorch, the FP32 graphs and the quantized variant published, for the table
+    and the manifest (the speed decision is ``judge_candidates``')."""
     specs = input_specs(open_session(run.variants.exported.path))
     mask = encoded.get("attention_mask")
     longest = int(mask.sum(axis=1).argmax()) if mask is not None else 0
     feeds = {1: graph_feeds(specs, single(encoded, longest))}
     feeds[BATCH_SIZES[-1]] = graph_feeds(specs, batch_of(encoded, BATCH_SIZES[-1]))
     inputs = save_inputs(run.work / "bench-inputs.npz", feeds)
+    chosen = set(run.published_names)
+    variants = [v for v in run.variants if v.name not in run.specs or v.name in chosen]
     candidates = [Candidate("pytorch", "pytorch", run.source.folder, run.task)]
-    candidates += [Candidate(v.name, "onnx", v.path, run.task) for v in run.variants]
+    candidates += [Candidate(v.name, "onnx", v.path, run.task) for v in variants]
     threads = run.opts.bench_threads or os.cpu_count() or 1
     label = f"Benchmarking {len(candidates)} variants, one process each, {threads} thread(s)"
     with run.reporter.progress(label, len(candidates)) as advance:
@@ -250,8 +261,13 @@ def _common_manifest(run: ExportRun) -> dict[str, Any]:
         "options": _options_record(run),
         "checks": {
             "onnx_checker": "passed (full_check) for every variant",
-            "reference": f"PyTorch {source.architecture}, inputs as one padded batch and one "
-            "row at a time" + (GENERATION_REFERENCE if run.spec.generates else ""),
+            "reference": f"PyTorch {source.architecture}, inputs in padded batches of "
+            f"{CHECK_BATCH_ROWS} rows and one row at a time"
+            + (GENERATION_REFERENCE if run.spec.generates else ""),
+            "check_texts": {
+                "source": str(opts.check_texts) if opts.check_texts else "bundled",
+                "count": len(run.check_texts),
+            },
             "sample_texts": list(opts.sample_texts or DEFAULT_TEXTS),
             "variants": {name: v.as_dict() for name, v in run.verdicts.items()},
         },
@@ -265,6 +281,7 @@ def _common_manifest(run: ExportRun) -> dict[str, Any]:
             else None
         ),
         "decisions": {d.variant: {"publish": d.publish, "reason": d.reason} for d in run.decisions},
+        "quantization": quantization_record(run),
         "forced": opts.force,
     }
 
@@ -315,50 +332,3 @@ def _options_record(run: ExportRun) -> dict[str, Any]:
         "bench_threads": opts.bench_threads,
         "force": opts.force,
     }
-
-
-def _print_checks(run: ExportRun) -> None:
-    reporter, bench = run.reporter, run.bench
-    rows = []
-    for variant in run.variants:
-        verdict = run.verdicts[variant.name]
-        f = verdict.figures
-        agreement = "-" if f.label_agreement is None else f"{f.label_agreement:.3f}"
-        size = f"{variant.path.stat().st_size / 1e6:.1f}"
-        rows.append([variant.name, size, f"{f.max_abs_diff:.2e}", f"{f.min_cosine:.5f}",
-                     f"{f.mean_cosine:.5f}", agreement, verdict.rule,
-                     "[green]pass[/]" if verdict.passed else "[red]FAIL[/]"])  # fmt: skip
-    columns = ["variant", "MB", "max |diff|", "min cos", "mean cos", "agree", "rule", "check"]
-    reporter.table("Parity against PyTorch", columns, rows)
-    if bench is None:
-        return
-    torch_p50 = {r.batch: r.p50_ms for r in bench if r.variant == "pytorch"}
-    rows = []
-    for r in bench:
-        ref = torch_p50.get(r.batch)
-        speedup = f"{ref / r.p50_ms:.2f}x" if ref and r.p50_ms > 0 else "-"
-        p = (r.p50_ms, r.p95_ms, r.p99_ms)
-        timings = [f"{x:.2f}" for x in p]
-        rows.append([r.variant, str(r.batch), str(r.sequence_length), *timings, speedup])
-    columns = ["variant", "batch", "seq len", "p50 ms", "p95 ms", "p99 ms", "vs PyTorch p50"]
-    iterations = bench[0].iterations if bench else 0
-    reporter.table(f"Latency ({iterations} runs each, own process)", columns, rows)
-
-
-def _print_summary(run: ExportRun, published: dict[str, Published]) -> None:
-    opts = run.opts
-    by_name = {d.variant: d for d in run.decisions}
-    rows = []
-    for variant in run.variants:
-        decision = by_name.get(variant.name)
-        if variant.name in published:
-            where = f"{opts.repo / opts.name / str(published[variant.name].version)}"
-        elif decision is None:
-            where = "- (intermediate)"
-        elif decision.publish and not opts.publish:
-            where = "- (--no-publish)"
-        else:
-            where = "not published"
-        reason = decision.reason if decision else "compared only"
-        rows.append([variant.name, variant.description, where, reason])
-    run.reporter.table("Summary", ["variant", "what", "published as", "why"], rows)

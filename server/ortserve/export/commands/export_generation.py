@@ -9,9 +9,9 @@ from pathlib import Path
 from ortserve.export.commands.export_run import ExportRun
 from ortserve.export.convert.export import load_torch_model
 from ortserve.export.convert.last_position import slice_in_place
-from ortserve.export.options import ExportOptions
+from ortserve.export.options import ExportOptions, Thresholds
 from ortserve.export.report import Reporter
-from ortserve.export.verify.check import Verdict, check_batches, judge, open_session
+from ortserve.export.verify.check import Variant, Verdict, check_batches, judge, open_session
 from ortserve.export.verify.generation import (
     compare_generation,
     reference_generation,
@@ -59,16 +59,24 @@ def slice_lm_head(model: Path, reporter: Reporter) -> str:
     return ", LM head on the last position"
 
 
-def check_generation(run: ExportRun, encoded: dict[str, Array]) -> dict[str, Verdict]:
-    """Each variant's verdict: next-token logits after the prompt and after one decode step,
-    against PyTorch, by variant name."""
+def generation_reference(
+    run: ExportRun, encoded: dict[str, Array]
+) -> tuple[list[dict[str, Array]], list[dict[str, Array]]]:
+    """The check's feeds and PyTorch's next-token logits for them (after the prompt and after
+    one decode step); PyTorch is loaded for this and let go."""
     torch_model = load_torch_model(run.source.folder, run.task)
     batches = check_batches(open_session(run.variants.exported.path), encoded)
     reference = reference_generation(torch_model, batches)
     del torch_model
-    verdicts = {}
-    for variant in run.variants:
-        got = run_generation(open_session(variant.path), batches, reference)
-        figures = compare_generation(reference, got)
-        verdicts[variant.name] = judge(variant, figures, run.opts.thresholds)
-    return verdicts
+    return batches, reference
+
+
+def judge_generation(
+    variant: Variant,
+    batches: list[dict[str, Array]],
+    reference: list[dict[str, Array]],
+    thresholds: Thresholds,
+) -> Verdict:
+    """One variant's verdict: its next-token logits against PyTorch's."""
+    got = run_generation(open_session(variant.path), batches, reference)
+    return judge(variant, compare_generation(reference, got), thresholds)

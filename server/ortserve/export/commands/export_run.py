@@ -14,7 +14,7 @@ from ortserve.export.report import Reporter
 from ortserve.export.source import ModelSource
 from ortserve.export.verify.bench import BenchRow
 from ortserve.export.verify.check import Variant, Verdict
-from ortserve.export.verify.decide import Decision
+from ortserve.export.verify.decide import Decision, SpeedLike
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +23,7 @@ class Variants:
 
     exported: Variant  # Optimum's plain FP32 export
     optimized: Variant | None = None  # --optimize: ONNX Runtime's transformer optimizer
-    quantized: Variant | None = None  # --quantize: made from ``fp32``
+    quantized: tuple[Variant, ...] = ()  # --quantize: the candidates, each made from ``fp32``
 
     @property
     def fp32(self) -> Variant:
@@ -32,8 +32,8 @@ class Variants:
 
     @property
     def last(self) -> Variant:
-        """The last graph made (the quantized one, if made); config.pbtxt takes its inputs."""
-        return self.quantized or self.fp32
+        """The last graph made (a quantized one, if made); config.pbtxt takes its inputs."""
+        return self.quantized[-1] if self.quantized else self.fp32
 
     @property
     def export_dir(self) -> Path:
@@ -41,8 +41,8 @@ class Variants:
         return self.exported.path.parent
 
     def __iter__(self) -> Iterator[Variant]:
-        """In the order made: the export, the optimized graph, the quantized one."""
-        made = (self.exported, self.optimized, self.quantized)
+        """In the order made: the export, the optimized graph, the quantized candidates."""
+        made = (self.exported, self.optimized, *self.quantized)
         return iter([v for v in made if v is not None])
 
     def __len__(self) -> int:
@@ -51,21 +51,37 @@ class Variants:
     def named(self, name: str) -> Variant:
         return next(v for v in self if v.name == name)
 
+    def with_quantized(self, variant: Variant) -> Variants:
+        return Variants(self.exported, self.optimized, (*self.quantized, variant))
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A quantization candidate that was not built (or not quantizable), and why."""
+
+    name: str  # the variant name it would have had
+    description: str
+    reason: str
+
 
 @dataclass(slots=True)
 class ExportRun:
     """One run of ``ortserve export``. The first fields are fixed before any graph is made; the
-    rest are filled in as the steps run (build, check, benchmark, decide)."""
+    rest are filled in as the steps run (build, check, speed, decide, benchmark)."""
 
     opts: ExportOptions
     reporter: Reporter
     source: ModelSource
     task: str  # a key of TASKS: --task, or detected from the model folder
     max_length: int  # tokens: --max-length, or the model's own limit
-    quant: Quantization | None  # --quantize with "auto" resolved; None: not quantized
+    quant: Quantization | None  # --quantize with "auto" resolved to the CPU family; None: not
     work: Path  # the temporary folder every graph and the benchmark inputs are written into
     variants: Variants = field(init=False)  # set once the graphs are built
+    check_texts: tuple[str, ...] = ()  # what the parity check runs on
     verdicts: dict[str, Verdict] = field(default_factory=dict)  # by variant name, in made order
+    specs: dict[str, Quantization] = field(default_factory=dict)  # each candidate's, by name
+    skipped: list[Skipped] = field(default_factory=list)  # candidates not built, and why
+    speeds: dict[str, SpeedLike] = field(default_factory=dict)  # judged against FP32, by name
     bench: list[BenchRow] | None = None  # None: not benchmarked (--no-bench)
     decisions: list[Decision] = field(default_factory=list)  # one per candidate
 
@@ -74,10 +90,10 @@ class ExportRun:
         return TASKS[self.task]
 
     @property
-    def candidates(self) -> list[str]:
-        """The variants that may be published, in publish order: the FP32 graph (unless
-        --quantized-only), then the quantized one."""
-        names = [] if self.quant and self.opts.quantized_only else [self.variants.fp32.name]
-        if self.variants.quantized is not None:
-            names.append(self.variants.quantized.name)
-        return names
+    def auto(self) -> bool:
+        """``--quantize`` (auto): several candidates, the fastest that passes is published."""
+        return self.opts.quantize == "auto"
+
+    @property
+    def published_names(self) -> list[str]:
+        return [d.variant for d in self.decisions if d.publish]

@@ -75,13 +75,9 @@ def run_benchmarks(
             "--inputs", str(inputs), "--iterations", str(iterations), "--name", candidate.name,
             "--threads", str(threads),
         ]  # fmt: skip
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        # The child imports this very ortserve (a checkout on PYTHONPATH or an install).
-        here = str(Path(__file__).resolve().parents[3])  # the folder holding ortserve/
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
         try:
             done = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env, check=False
+                cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=child_env(), check=False
             )
         except subprocess.TimeoutExpired:
             raise ExportError(f"benchmark of {candidate.name} ran past {TIMEOUT_S:.0f} s") from None
@@ -95,6 +91,15 @@ def run_benchmarks(
         if on_done is not None:
             on_done(candidate.name)
     return rows
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a measuring child: offline, and importing this very ortserve (a
+    checkout on PYTHONPATH or an install)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    here = str(Path(__file__).resolve().parents[3])  # the folder holding ortserve/
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+    return env
 
 
 def p50(rows: Sequence[BenchRow], variant: str, batch: int) -> float | None:

@@ -3,9 +3,10 @@
 Outputs are compared where both sides name them (``logits``, ``last_hidden_state``,
 ``sentence_embedding``...), at real tokens only (padding positions are not compared), as vectors:
 one per row, or one per token for [batch, sequence, ...] outputs. Figures per variant:
-max |diff|, min and mean cosine, and for tasks with labels the share of equal argmax.
-FP32 variants pass on max |diff| <= the tolerance; quantized or approximate ones (O3/O4, INT8)
-on cosine and label agreement. The inputs run as one padded batch and one row at a time, since
+max |diff|, min, 1st percentile and mean cosine, and for tasks with labels the share of equal
+argmax and the largest shift of a softmax probability. FP32 variants pass on max |diff| <= the
+tolerance; quantized or approximate ones (O3/O4, INT8) on min cosine and label agreement. The
+check set (``check_texts``) runs in padded batches of mixed lengths and one row at a time, since
 dynamic quantization scales depend on what shares the batch.
 """
 
@@ -23,6 +24,7 @@ from ortserve.export.options import Thresholds
 from ortserve.export.verify.samples import (
     graph_feeds,
     input_specs,
+    rows_of,
     single,
     token_mask,
     torch_inputs,
@@ -40,6 +42,11 @@ class Variant:
     description: str
 
 
+#: Rows per padded batch in the check: the batch mixes the check set's lengths as served
+#: batches do, without padding 64 texts to the longest one.
+CHECK_BATCH_ROWS = 16
+
+
 @dataclass(frozen=True, slots=True)
 class Figures:
     max_abs_diff: float
@@ -48,6 +55,24 @@ class Figures:
     label_agreement: float | None  # None for tasks without labels
     vectors: int  # how many vectors were compared
     outputs: tuple[str, ...]  # which outputs
+    p1_cosine: float | None = None  # 1st percentile of the cosines (None: figures made by hand)
+    # tasks with labels: the largest |softmax(ONNX) - softmax(PyTorch)| over vectors and labels
+    max_prob_shift: float | None = None
+
+    def cells(self) -> list[str]:
+        """The check table's figure columns (``FIGURE_COLUMNS``), formatted."""
+        return [
+            f"{self.max_abs_diff:.2e}",
+            f"{self.min_cosine:.5f}",
+            "-" if self.p1_cosine is None else f"{self.p1_cosine:.5f}",
+            f"{self.mean_cosine:.5f}",
+            "-" if self.label_agreement is None else f"{self.label_agreement:.3f}",
+            "-" if self.max_prob_shift is None else f"{self.max_prob_shift:.4f}",
+        ]
+
+
+#: The headers of ``Figures.cells``.
+FIGURE_COLUMNS = ("max |diff|", "min cos", "p1 cos", "mean cos", "agree", "max prob shift")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,13 +135,18 @@ def _is_sentence_transformer(model: Any) -> bool:
     return type(model).__name__ == "SentenceTransformer"
 
 
-def check_batches(session: Any, encoded: dict[str, Array]) -> list[dict[str, Array]]:
-    """The feeds the check runs: the whole padded batch, then each row alone."""
+def check_batches(
+    session: Any, encoded: dict[str, Array], batch_rows: int = CHECK_BATCH_ROWS
+) -> list[dict[str, Array]]:
+    """The feeds the check runs: the rows in padded batches of ``batch_rows`` (in the check
+    set's order, which mixes lengths; each cut to its longest row), then each row alone."""
     specs = input_specs(session)
     rows = next(iter(encoded.values())).shape[0]
-    return [graph_feeds(specs, encoded)] + [
-        graph_feeds(specs, single(encoded, r)) for r in range(rows)
+    batches = [
+        graph_feeds(specs, rows_of(encoded, start, min(start + batch_rows, rows)))
+        for start in range(0, rows, batch_rows)
     ]
+    return batches + [graph_feeds(specs, single(encoded, r)) for r in range(rows)]
 
 
 def run_variant(session: Any, batches: Sequence[dict[str, Array]]) -> list[dict[str, Array]]:
@@ -140,6 +170,7 @@ def compare(
     diffs: list[float] = []
     cosines: list[float] = []
     agree: list[bool] = []
+    shifts: list[float] = []
     outputs: set[str] = set()
     for ref, out, feeds in zip(reference, got, batches, strict=True):
         mask = token_mask(feeds)
@@ -151,6 +182,7 @@ def compare(
                 cosines.append(_cosine(a64, b64))
                 if labels and a64.size:
                     agree.append(bool(np.argmax(a64) == np.argmax(b64)))
+                    shifts.append(float(np.abs(_softmax(a64) - _softmax(b64)).max()))
     if not outputs:
         raise ExportError("the ONNX model and PyTorch share no output name: nothing to compare")
     return Figures(
@@ -160,6 +192,8 @@ def compare(
         label_agreement=float(np.mean(agree)) if labels and agree else None,
         vectors=len(cosines),
         outputs=tuple(sorted(outputs)),
+        p1_cosine=float(np.percentile(cosines, 1)),
+        max_prob_shift=max(shifts) if labels and shifts else None,
     )
 
 
@@ -172,6 +206,12 @@ def _vectors(array: Array, mask: Array | None) -> list[Array]:
     if array.ndim == 0:
         return [array.reshape(1)]
     return list(array.reshape(array.shape[0], -1))
+
+
+def _softmax(logits: Array) -> Array:
+    """Probabilities over one vector of scores (labels, span positions or the vocabulary)."""
+    shifted = np.exp(logits - logits.max())
+    return np.asarray(shifted / shifted.sum())
 
 
 def _cosine(a: Array, b: Array) -> float:

@@ -107,6 +107,16 @@ def batch_of(encoded: dict[str, Array], rows: int) -> dict[str, Array]:
     return {name: array[index] for name, array in encoded.items()}
 
 
+def rows_of(encoded: dict[str, Array], start: int, stop: int) -> dict[str, Array]:
+    """Rows ``start:stop`` as a batch of their own, cut to their longest row: the columns
+    where none of them has a token (padding for longer rows elsewhere) are dropped."""
+    mask = encoded.get("attention_mask")
+    if mask is None:
+        return {name: array[start:stop] for name, array in encoded.items()}
+    keep = mask[start:stop].astype(bool).any(axis=0)
+    return {name: array[start:stop][:, keep] for name, array in encoded.items()}
+
+
 def single(encoded: dict[str, Array], row: int) -> dict[str, Array]:
     """Row ``row`` alone, with its padding cut off (on the right, or on the left as a
     generation model's batch is padded)."""
