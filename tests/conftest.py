@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -27,10 +28,16 @@ class Daemon:
     port: int
     metrics_port: int | None
     log_path: Path
+    http_port: int | None = None  # None: started with --no-http
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        assert self.http_port is not None, "this daemon has no HTTP front (--no-http)"
+        return f"http://127.0.0.1:{self.http_port}"
 
     def log_records(self) -> list[dict[str, object]]:
         records = []
@@ -53,12 +60,20 @@ class Daemon:
 def _read_ports(
     log_path: Path, process: subprocess.Popen[bytes], deadline: float
 ) -> tuple[int, int | None]:
+    record = _read_listening(log_path, process, deadline)
+    return int(record["grpc_port"]), record.get("metrics_port")
+
+
+def _read_listening(
+    log_path: Path, process: subprocess.Popen[bytes], deadline: float
+) -> dict[str, Any]:
+    """The daemon's 'listening' log record (its bound ports), once it is written."""
     while time.monotonic() < deadline:
         if log_path.exists():
             for line in log_path.read_text(errors="replace").splitlines():
                 if line.startswith("{") and '"listening"' in line:
-                    record = json.loads(line)
-                    return int(record["grpc_port"]), record.get("metrics_port")
+                    record: dict[str, Any] = json.loads(line)
+                    return record
         if process.poll() is not None:
             raise RuntimeError(f"daemon exited with {process.returncode}:\n{log_path.read_text()}")
         time.sleep(0.05)
@@ -85,7 +100,7 @@ def start_daemon(
     cmd = [
         sys.executable, "-m", "ortserve", "serve",
         "--model-repository", str(repo),
-        "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
+        "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0",
         "--log-format", "json", "--log-level", "debug",
         *extra,
     ]  # fmt: skip
@@ -94,8 +109,14 @@ def start_daemon(
         process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
-        port, metrics_port = _read_ports(log_path, process, deadline)
-        daemon = Daemon(process, port, metrics_port, log_path)
+        record = _read_listening(log_path, process, deadline)
+        daemon = Daemon(
+            process,
+            int(record["grpc_port"]),
+            record.get("metrics_port"),
+            log_path,
+            record.get("http_port"),
+        )
         if wait_ready:
             _wait_ready(daemon.address, deadline)
     except BaseException:

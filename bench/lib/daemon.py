@@ -1,8 +1,8 @@
 """A server process on 127.0.0.1 and a free port, started and always stopped by the benchmark.
 
 The server logs JSON lines on stdout: a ``listening`` event with ``grpc_port`` (and
-``metrics_port``), then ``ready``. A reader thread copies every line to a log file and hands the
-events to ``wait_ready``, so no port is fixed and nothing polls the log file.
+``metrics_port``, ``http_port``), then ``ready``. A reader thread copies every line to a log file
+and hands the events to ``wait_ready``, so no port is fixed and nothing polls the log file.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class Daemon:
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.metrics_port: int | None = None
+        self.http_port: int | None = None  # None when the daemon serves no HTTP front
         self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._reader: threading.Thread | None = None
 
@@ -88,6 +89,7 @@ class Daemon:
             if event.get("event") == "listening":
                 self.port = int(event["grpc_port"])
                 self.metrics_port = event.get("metrics_port")
+                self.http_port = event.get("http_port")
             elif event.get("event") == "ready" and self.port:
                 return
             elif event.get("level") == "error":

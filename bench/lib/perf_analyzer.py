@@ -59,11 +59,13 @@ def command(
     streaming: bool = False,
     version: str | None = None,
     cpus: str | None = None,
+    protocol: str = "grpc",
 ) -> list[str]:
-    """Single-row encoder requests from ``data``; killed after ``limit`` s; taskset ``cpus``."""
+    """Single-row encoder requests from ``data``; killed after ``limit`` s; taskset ``cpus``;
+    ``protocol`` "grpc" or "http" (``port`` is then the daemon's HTTP port)."""
     cmd = [
         "timeout", "-k", "5", str(limit),
-        pa, "-i", "grpc", "-u", f"127.0.0.1:{port}", "-m", MODEL,
+        pa, "-i", protocol, "-u", f"127.0.0.1:{port}", "-m", MODEL,
         *(["-x", version] if version else []),
         "-b", "1", "--shape", f"input_ids:{SEQ}", "--shape", f"attention_mask:{SEQ}",
         "--input-data", str(data),
@@ -163,9 +165,16 @@ def measure(
     version: str | None = None,
     cpus: str | None = None,
     tag: str = "",
+    protocol: str = "grpc",
 ) -> PaResult:
-    """One concurrency; each flag set in turn until one stabilizes. Files: out/<variant>-c<N>*."""
+    """One concurrency; each flag set in turn until one stabilizes. Files: out/<variant>-c<N>*.
+    ``protocol`` "http" drives the daemon's HTTP front (KServe v2 REST) instead of gRPC."""
     name = f"{variant}-c{clients}{tag}"
+    port = daemon.port
+    if protocol == "http":
+        if daemon.http_port is None:
+            raise RuntimeError("the daemon logged no http_port: is its HTTP front on?")
+        port = daemon.http_port
     result = PaResult(variant, clients, version is not None, False, "", 0)
     before = CpuSnapshot.take(daemon.pid)
     for attempt, flags in enumerate(flag_sets, start=1):
@@ -173,8 +182,8 @@ def measure(
         csv_path.unlink(missing_ok=True)
         limit = time_limit(flags)
         cmd = command(
-            pa, daemon.port, data, concurrency(clients), csv_path, flags, limit,
-            streaming=streaming, version=version, cpus=cpus,
+            pa, port, data, concurrency(clients), csv_path, flags, limit,
+            streaming=streaming, version=version, cpus=cpus, protocol=protocol,
         )  # fmt: skip
         text, rc = invoke(cmd, limit + 20, log_path)
         result.attempts, result.flags = attempt, " ".join(flags)

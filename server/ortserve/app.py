@@ -21,6 +21,7 @@ import grpc
 import structlog
 
 from ortserve.daemon import Daemon
+from ortserve.http.server import HttpContext, HttpFront, TlsFiles, build_app
 from ortserve.inference import InferenceService
 from ortserve.lifecycle import Admission, Lifecycle
 from ortserve.observability.metrics import Metrics
@@ -62,11 +63,13 @@ def _control_hint(settings: ServeSettings) -> str | None:
     )
 
 
-def _build_server(settings: ServeSettings, servicer: InferenceServicer) -> grpc.aio.Server:
+def _build_server(
+    settings: ServeSettings, servicer: InferenceServicer, tokens: list[str] | None
+) -> grpc.aio.Server:
     limit = settings.max_message_bytes
     interceptors: list[grpc.aio.ServerInterceptor] = []
-    if settings.auth_token_file is not None:
-        interceptors.append(TokenInterceptor(read_tokens(settings.auth_token_file)))
+    if tokens is not None:
+        interceptors.append(TokenInterceptor(tokens))
     interceptors.append(ErrorInterceptor(servicer.hold))
     server = grpc.aio.server(
         interceptors=interceptors,
@@ -198,12 +201,17 @@ async def serve(settings: ServeSettings) -> int:
     if bound is None:
         return 2
     port, metrics_port = bound
+    http = daemon.http if isinstance(daemon.http, HttpFront) else None
+    bound_http, http_port = _bind_http(settings, http)
+    if not bound_http:
+        return 2
     await daemon.start()
     log.info(
         "listening",
         address=_address(settings.host, port),
         grpc_port=port,
         metrics_port=metrics_port,
+        http_port=http_port,
         tls=settings.tls_cert is not None,
         mtls=settings.tls_client_ca is not None,
         auth=settings.auth_token_file is not None,
@@ -248,10 +256,17 @@ def build(settings: ServeSettings) -> tuple[Daemon, grpc.aio.Server] | None:
         registry, inference, version(), lifecycle, hold, _control_hint(settings)
     )
     try:
-        server = _build_server(settings, servicer)
+        tokens = read_tokens(settings.auth_token_file) if settings.auth_token_file else None
+        server = _build_server(settings, servicer, tokens)
     except (OSError, ValueError) as exc:  # e.g. an unreadable or empty token file
         log.error("cannot start", error=str(exc))
         return None
+    http = None
+    if not settings.no_http:
+        context = HttpContext(
+            inference, registry, lifecycle, settings, metrics, version(), _control_hint(settings)
+        )
+        http = HttpFront(build_app(context, tokens or ()), _tls_files(settings))
     health = Health(server, lifecycle)
     registry.on_state_change(health.model_changed)
     watcher = None
@@ -268,6 +283,7 @@ def build(settings: ServeSettings) -> tuple[Daemon, grpc.aio.Server] | None:
         hold=hold,
         server=server,
         watcher=watcher,
+        http=http,
     )
     return daemon, server
 
@@ -302,6 +318,32 @@ def _bind(
             )
             return None
     return port, metrics_port
+
+
+def _tls_files(settings: ServeSettings) -> TlsFiles | None:
+    """The HTTP front serves TLS with gRPC's certificate and key (checked by ``_bind``)."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    client_ca = str(settings.tls_client_ca) if settings.tls_client_ca else None
+    return TlsFiles(str(settings.tls_cert), str(settings.tls_key), client_ca)
+
+
+def _bind_http(settings: ServeSettings, http: HttpFront | None) -> tuple[bool, int | None]:
+    """Bind the HTTP port: whether it could be (else the reason is logged), and the bound port
+    (None: no HTTP front)."""
+    wanted = settings.http_port_to_bind()
+    if http is None or wanted is None:
+        return True, None
+    try:
+        return True, http.bind(settings.host, wanted)
+    except OSError as exc:
+        log.error(
+            "cannot listen",
+            address=_address(settings.host, wanted),
+            error=exc.strerror or str(exc),
+            hint="pick another --http-port, 0 for a free one, or --no-http for none",
+        )
+        return False, None
 
 
 def _tune_for_serving() -> None:

@@ -4,7 +4,8 @@ app.py builds the components and hands them over; from then on the ``Daemon`` mo
 (lifecycle.py): STARTING while the repository loads, READY once it has, DRAINING from the first
 stop signal, STOPPED. The servicer (ServerReady, ServerLive) and the health service read that
 state; the shutdown reads the requests admitted and answered from the data plane's
-``Admission``. No grpc import: the server is only started and stopped here (``Server``).
+``Admission``. No grpc import: the servers (gRPC, and the HTTP front unless --no-http) are only
+started and stopped here (``Server``); both drain together on a stop signal.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ HOLD_MAX_S = 1.0
 
 
 class Server(Protocol):
-    """What the daemon does with its gRPC server once it is bound (grpc.aio.Server)."""
+    """What the daemon does with a front once it is bound (grpc.aio.Server, http.HttpFront)."""
 
     async def start(self) -> None: ...
 
@@ -58,6 +59,7 @@ class Daemon:
     hold: ShutdownHold
     server: Server
     watcher: RepositoryWatcher | None  # poll mode: started once the repository is loaded
+    http: Server | None = None  # the HTTP front (None: --no-http)
     _stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _graceful: asyncio.Task[None] | None = field(default=None, init=False)
 
@@ -70,8 +72,10 @@ class Daemon:
         await self.health.publish_server()
 
     async def start(self) -> None:
-        """The server takes calls from now on; health says NOT_SERVING until ``open``."""
+        """The servers take calls from now on; health says NOT_SERVING until ``open``."""
         await self.server.start()
+        if self.http is not None:
+            await self.http.start()
         await self.health.publish_server()
 
     def request_stop(self) -> None:
@@ -90,7 +94,7 @@ class Daemon:
             return True
         # A version already loading in a worker thread finishes there before the process exits.
         log.info("stopping during start-up: models not all loaded")
-        await self.server.stop(0)
+        await self._stop_servers(0)
         await self.registry.close()
         await self._enter(DaemonState.STOPPED)
         log.info("stopped")
@@ -137,7 +141,7 @@ class Daemon:
         graceful = self._graceful = asyncio.ensure_future(self._drain())
         await asyncio.wait([graceful])
         if graceful.cancelled():
-            await self.server.stop(0)  # cancels what is still running; its callers get CANCELLED
+            await self._stop_servers(0)  # cancels what is still running; callers get CANCELLED
         else:
             graceful.result()
         await self.registry.close()
@@ -166,13 +170,25 @@ class Daemon:
         hold.hold()
         await hold.until_quiet(HOLD_QUIET_S, min(HOLD_MAX_S, max(deadline - loop.time(), 0.0)))
         hold.end_streams()
-        stopping = asyncio.ensure_future(self.server.stop(max(deadline - loop.time(), 0.0) + 0.5))
+        grace = max(deadline - loop.time(), 0.0) + 0.5
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        http_stopping = asyncio.ensure_future(self._stop_http(grace))
         # One step of stop(): gRPC's core stops taking calls and sends each client its GOAWAY,
         # before stop() first waits; the held calls are answered after that, on the same
         # connections.
         await asyncio.sleep(0)
         hold.release()
         await stopping
+        await http_stopping
+
+    async def _stop_servers(self, grace: float) -> None:
+        """Both fronts stop together: new HTTP requests already got 503 since the admission
+        closed (as gRPC's got UNAVAILABLE), and what is in progress finishes within ``grace``."""
+        await asyncio.gather(self.server.stop(grace), self._stop_http(grace))
+
+    async def _stop_http(self, grace: float) -> None:
+        if self.http is not None:
+            await self.http.stop(grace)
 
 
 async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:

@@ -23,6 +23,8 @@ class ServeSettings:
     host: str = "127.0.0.1"
     grpc_port: int = 8001
     metrics_port: int | None = None  # see metrics_port_to_bind()
+    http_port: int | None = None  # see http_port_to_bind()
+    no_http: bool = False
     log_format: str = "console"
     log_level: str = "info"
     model_control_mode: str = "poll"
@@ -49,7 +51,18 @@ class ServeSettings:
             return self.metrics_port
         return 0 if self.grpc_port == 0 else DEFAULT_METRICS_PORT
 
+    def http_port_to_bind(self) -> int | None:
+        """The HTTP front's port: None with --no-http; --http-port as given; when not given,
+        8000 (Triton's), or 0 (a free one) when --grpc-port is 0, as for the metrics port."""
+        if self.no_http:
+            return None
+        if self.http_port is not None:
+            return self.http_port
+        return 0 if self.grpc_port == 0 else DEFAULT_HTTP_PORT
 
+
+#: The HTTP port when neither --http-port nor ORTSERVE_HTTP_PORT is given (Triton's).
+DEFAULT_HTTP_PORT = 8000
 #: The metrics port when neither --metrics-port nor ORTSERVE_METRICS_PORT is given.
 DEFAULT_METRICS_PORT = 8002
 
@@ -73,6 +86,13 @@ _FLAGS: dict[str, _Flag] = {
         "on free ports do not collide; the bound port is logged on the 'listening' line)",
         int,
     ),
+    "http_port": _Flag(
+        "HTTP port (KServe v2 REST, OpenAI-compatible routes) on the same host; 0 picks a free "
+        f"one (default: {DEFAULT_HTTP_PORT}, or 0 when --grpc-port is 0; the bound port is logged "
+        "on the 'listening' line)",
+        int,
+    ),
+    "no_http": _Flag("serve gRPC only: no HTTP front", bool),
     "log_format": _Flag("console (human) or json (one object per line)", str, ("console", "json")),
     "log_level": _Flag("debug, info, warning or error", str, ("debug", "info", "warning", "error")),
     "model_control_mode": _Flag(
@@ -108,7 +128,7 @@ _FLAGS: dict[str, _Flag] = {
     ),
     "max_message_bytes": _Flag(
         "largest gRPC request accepted, in bytes (64 MiB); a larger one gets RESOURCE_EXHAUSTED "
-        "from gRPC (answers may be up to 2 GiB)",
+        "from gRPC, and a larger HTTP body 413 (answers may be up to 2 GiB)",
         int,
     ),
     "max_concurrent_rpcs": _Flag(

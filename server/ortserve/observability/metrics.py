@@ -13,6 +13,9 @@
 - ``ortserve_model_ready{model}``: 1 while the model serves, 0 otherwise.
 - ``ortserve_tokens_total{model,kind}``: text models: tokens run, ``kind`` real (the texts) or
   padded (what the batches ran, padding included); padded / real is the padding ratio.
+- ``ortserve_http_requests_total{route,status}``: requests answered by the HTTP front, by route
+  (its endpoint's name: ``infer``, ``embeddings``...; ``unmatched``) and HTTP status. The model
+  series above count requests of both protocols.
 
 Generation models (``GenerationSeries``, fed by the engine through the version's recorder):
 
@@ -119,6 +122,7 @@ class Metrics:
     def __init__(self) -> None:
         self._models: dict[str, ModelMetrics] = {}
         self._generation: dict[str, GenerationSeries] = {}
+        self._http: dict[tuple[str, int], Counter] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "ortserve_requests", "Successful ModelInfer requests", ["model"], registry=self.registry
@@ -178,6 +182,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.http_requests = Counter(
+            "ortserve_http_requests",
+            "Requests answered by the HTTP front, by route and HTTP status",
+            ["route", "status"],
+            registry=self.registry,
+        )
         self._generation_series()
 
     def _generation_series(self) -> None:
@@ -232,6 +242,13 @@ class Metrics:
             ["model"],
             registry=registry,
         )
+
+    def http_request(self, route: str, status: int) -> None:
+        """One HTTP request answered (``route``: a fixed name, never the path: bounded series)."""
+        child = self._http.get((route, status))
+        if child is None:  # labels() is too slow per request: each child is resolved once
+            child = self._http[(route, status)] = self.http_requests.labels(route, str(status))
+        child.inc()
 
     def generation(self, name: str) -> GenerationSeries:
         """A generation model's series (shared by its versions, as labels are by model)."""
