@@ -65,7 +65,6 @@ def run_benchmarks(
     on_done: Callable[[str], None] | None = None,
 ) -> list[BenchRow]:
     """Benchmark each candidate in its own process; a failing child names its variant."""
-    from ortserve.export.errors import ExportError
 
     rows: list[BenchRow] = []
     for candidate in candidates:
@@ -75,22 +74,32 @@ def run_benchmarks(
             "--inputs", str(inputs), "--iterations", str(iterations), "--name", candidate.name,
             "--threads", str(threads),
         ]  # fmt: skip
-        try:
-            done = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=child_env(), check=False
-            )
-        except subprocess.TimeoutExpired:
-            raise ExportError(f"benchmark of {candidate.name} ran past {TIMEOUT_S:.0f} s") from None
-        if done.returncode != 0:
-            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-            raise ExportError(f"benchmark of {candidate.name} failed:\n{tail}")
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        if not lines:
-            raise ExportError(f"benchmark of {candidate.name} printed no result")
-        rows += [BenchRow(**row) for row in json.loads(lines[-1])["rows"]]
+        result = run_child(cmd, TIMEOUT_S, f"benchmark of {candidate.name}")
+        rows += [BenchRow(**row) for row in result["rows"]]
         if on_done is not None:
             on_done(candidate.name)
     return rows
+
+
+def run_child(cmd: list[str], timeout_s: float, what: str) -> dict[str, Any]:
+    """Run a measuring child (``python -m ...``) and read the JSON object it prints last; a
+    failure, a timeout or no result is an ExportError naming ``what``."""
+    from ortserve.export.errors import ExportError
+
+    try:
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout_s, env=child_env(), check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"{what} ran past {timeout_s:.0f} s") from None
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise ExportError(f"{what} failed:\n{tail}")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise ExportError(f"{what} printed no result")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
 
 
 def child_env() -> dict[str, str]:

@@ -96,12 +96,15 @@ def check_graph(path: Path) -> None:
         raise ExportError(f"{path}: onnx.checker refused the model: {exc}") from None
 
 
-def open_session(path: Path, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session; a load failure names the file."""
+def open_session(path: Path, threads: int | None = None, spinning: bool = True) -> Any:
+    """An ONNX Runtime CPU session; a load failure names the file. ``spinning`` False: its
+    intra-op threads do not spin once a run ends (sessions that take turns, see verify.speed)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     try:

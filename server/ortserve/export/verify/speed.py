@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,8 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ortserve.export.errors import ExportError
-from ortserve.export.verify.bench import child_env
+from ortserve.export.verify.bench import run_child
 
 Array = np.ndarray[Any, Any]
 
@@ -215,19 +213,8 @@ def judge_speed(
 
 
 def _run_child(cmd: list[str], timeout_s: float) -> dict[str, list[float]]:
-    try:
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout_s, env=child_env(), check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise ExportError(f"speed comparison ran past {timeout_s:.0f} s") from None
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise ExportError(f"speed comparison failed:\n{tail}")
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        raise ExportError("speed comparison printed no result")
-    times: dict[str, list[float]] = json.loads(lines[-1])["times_ms"]
+    result = run_child(cmd, timeout_s, "speed comparison")
+    times: dict[str, list[float]] = result["times_ms"]
     return times
 
 
@@ -237,17 +224,9 @@ def _run_child(cmd: list[str], timeout_s: float) -> dict[str, list[float]]:
 def _open(path: Path, threads: int) -> Any:
     """A CPU session whose intra-op threads do not spin once a run ends: with several
     sessions taking turns, one session's spinning pool would steal cores from the next."""
-    import onnxruntime as ort
+    from ortserve.export.verify.check import open_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own exception types
-        raise ExportError(f"{path}: ONNX Runtime cannot load it: {exc}") from None
+    return open_session(path, threads, spinning=False)
 
 
 def _runner(path: Path, feeds: Mapping[str, Array], threads: int) -> Callable[[], object]:
