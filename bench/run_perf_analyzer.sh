@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
-PA=${PA:-$(bash ../shared/tools/perf-analyzer-setup.sh)}
+PA=${PA:-$(bash scripts/perf-analyzer-setup.sh)}
 PA_FLAGS=${PA_FLAGS:--p 3000 -s 25 -r 6}
 PA_LOOSE_FLAGS=${PA_LOOSE_FLAGS:--p 3000 -s 40 -r 10}
 concurrencies=("${@:-1 8 32}")

@@ -20,7 +20,7 @@ from bench.lib.daemon import Daemon
 from bench.lib.encoder import MODEL, SEQ
 from bench.lib.procstat import CpuSnapshot, cpu_shares
 
-SETUP = ROOT.parent / "shared" / "tools" / "perf-analyzer-setup.sh"
+SETUP = ROOT / "scripts" / "perf-analyzer-setup.sh"
 
 
 def find(given: str | None) -> str:

@@ -3,7 +3,7 @@
 A smoke run, not a benchmark: a fixed request count against a tiny batched model, with Triton's
 binary tensor extension (perf_analyzer's default) and with plain JSON tensors; the daemon must
 count exactly the requests perf_analyzer reports. perf_analyzer comes from
-../shared/tools/perf-analyzer-setup.sh (it prints the path of its wrapper); the test is skipped
+scripts/perf-analyzer-setup.sh (it prints the path of its wrapper); the test is skipped
 only when that script cannot install it.
 """
 
@@ -21,7 +21,7 @@ from tests.conftest import Daemon, start_daemon
 from tests.factories.onnx_models import add_model, write_model
 
 ROOT = Path(__file__).resolve().parents[2]
-SETUP = ROOT.parent / "shared" / "tools" / "perf-analyzer-setup.sh"
+SETUP = ROOT / "scripts" / "perf-analyzer-setup.sh"
 MODEL = "batched"
 REQUESTS = 200
 
