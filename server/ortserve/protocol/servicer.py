@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from ortserve.errors import Disabled, InvalidInput, ModelNotReady, Unsupported, shown
-from ortserve.inference import InferenceService
+from ortserve.inference import InferenceService, InferRequest
 from ortserve.lifecycle import StateView
 from ortserve.protocol import codec, metadata
 from ortserve.protocol.status import CONTROL_EXCEPTIONS, ShutdownHold, describe
@@ -86,17 +86,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         served = self._registry.resolve(request.name, request.version)
         return metadata.model_metadata(served, self._registry.entry(request.name).versions)
 
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: Context
-    ) -> pb.ModelInferResponse:
-        # The model first: a request to an unknown model or version is answered before any of
-        # its tensors is decoded. Large payloads then decode (and answers encode) off the loop.
+    async def _decoded(self, request: pb.ModelInferRequest, context: Context) -> InferRequest:
+        """The request as the data plane takes it. The model first: a request to an unknown
+        model or version is answered before any of its tensors is decoded; large payloads then
+        decode off the loop."""
         self._inference.check_target(request.model_name, request.model_version)
         try:
             decoded = await codec.decode_infer_request_async(request)
         except InvalidInput as exc:
             raise self._inference.undecodable(request.model_name, exc) from None
         decoded.timeout_s = context.time_remaining()
+        return decoded
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelInferResponse:
+        decoded = await self._decoded(request, context)  # large answers encode off the loop too
         return await codec.encode_infer_response_async(await self._inference.infer(decoded))
 
     async def ModelStreamInfer(
@@ -178,12 +183,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: Context
     ) -> AsyncIterator[pb.ModelInferResponse]:
         """One streamed request's answers, as ``ModelInfer`` checks and decodes it."""
-        self._inference.check_target(request.model_name, request.model_version)
-        try:
-            decoded = await codec.decode_infer_request_async(request)
-        except InvalidInput as exc:
-            raise self._inference.undecodable(request.model_name, exc) from None
-        decoded.timeout_s = context.time_remaining()
+        decoded = await self._decoded(request, context)
         async with contextlib.aclosing(self._inference.infer_stream(decoded)) as responses:
             async for response in responses:
                 yield await codec.encode_infer_response_async(response)
